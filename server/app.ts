@@ -1,0 +1,53 @@
+// The Koa application: request id + access log -> errors -> common headers -> /v2 routes.
+// Routes are registered once; each handler parses the request, asks the repository,
+// and writes the response.
+import Koa from 'koa';
+import Router from '@koa/router';
+import { RegistryError } from '../storage/errors.js';
+import { errorMiddleware } from './errors.js';
+import { requestLogging } from './logger.js';
+import { requireAccess, type AppServices } from './context.js';
+import { blobRoutes } from './routes/blobs.js';
+import { uploadRoutes } from './routes/uploads.js';
+import { manifestRoutes } from './routes/manifests.js';
+import { listingRoutes } from './routes/listings.js';
+
+const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+export function createApp(services: AppServices): Koa {
+  const { config } = services;
+  const app = new Koa();
+  app.silent = true; // errors are logged by errorMiddleware with the request id
+
+  const router = new Router({ prefix: config.http.prefix || undefined });
+  router.get('/v2/', async (ctx) => {
+    await requireAccess(ctx, services, []);
+    ctx.body = {};
+  });
+  uploadRoutes(router, services);
+  blobRoutes(router, services);
+  manifestRoutes(router, services);
+  listingRoutes(router, services);
+
+  const extraHeaders = Object.entries(config.http.headers);
+  app.use(requestLogging(services.logger, !config.log.accesslog.disabled));
+  app.use(async (ctx, next) => {
+    ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
+    for (const [name, values] of extraHeaders) ctx.set(name, values);
+    await next();
+  });
+  app.use(errorMiddleware);
+  if (config.storage.maintenance.readonly.enabled) {
+    app.use(async (ctx, next) => {
+      if (WRITE_METHODS.has(ctx.method)) throw new RegistryError('UNSUPPORTED', 'the registry is in read-only mode');
+      await next();
+    });
+  }
+  app.use(router.routes());
+  app.use(router.allowedMethods({ throw: true }));
+  app.use(async (ctx) => {
+    // Anything no route matched, in the spec's error shape.
+    throw new RegistryError('NOT_FOUND', 'no such endpoint', { path: ctx.path.slice(0, 300) });
+  });
+  return app;
+}

@@ -1,0 +1,83 @@
+// Builds the registry from a Config and serves it over HTTP(S).
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { allowAll } from '../auth/access.js';
+import { FilesystemDriver } from '../storage/filesystem-driver.js';
+import { LocalRegistry } from '../storage/local-registry.js';
+import { purgeUploads } from '../storage/upload-purge.js';
+import { parseListenAddress, type Config } from './config.js';
+import { createApp } from './app.js';
+import { createLogger } from './logger.js';
+
+export interface RunningServer {
+  port: number;
+  server: Server;
+  registry: LocalRegistry;
+  logger: Logger;
+  close(): Promise<void>;
+}
+
+export async function startRegistryServer(config: Config, logger: Logger = createLogger(config.log.level)): Promise<RunningServer> {
+  for (const key of config.unknownKeys) logger.warn({ key }, 'unknown configuration key ignored');
+  const root = config.storage.filesystem.rootdirectory;
+  await mkdir(root, { recursive: true });
+  const driver = new FilesystemDriver({ rootDirectory: root });
+  const registry = new LocalRegistry(driver, {
+    deleteEnabled: config.storage.delete.enabled,
+    linkCacheTtlMs: config.storage.cache.linkttl,
+  });
+  const app = createApp({ config, registry, access: allowAll, logger });
+
+  const handler = app.callback();
+  const server = config.http.tls
+    ? createHttpsServer({ cert: readFileSync(config.http.tls.certificate), key: readFileSync(config.http.tls.key) }, handler)
+    : createHttpServer(handler);
+  // Registries serve long uploads and pulls: no whole-request timeout, but idle
+  // keep-alive connections are closed and headers must arrive promptly.
+  server.requestTimeout = 0;
+  server.headersTimeout = 60_000;
+  server.keepAliveTimeout = 75_000;
+
+  const { host, port } = parseListenAddress(config.http.addr);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const actualPort = (server.address() as AddressInfo).port;
+  logger.info({ addr: config.http.addr, port: actualPort, root, tls: Boolean(config.http.tls) }, 'wharf listening');
+
+  const purging = config.storage.maintenance.uploadpurging;
+  let purgeTimer: NodeJS.Timeout | undefined;
+  if (purging.enabled) {
+    const purge = (): void => {
+      purgeUploads(registry, { olderThan: new Date(Date.now() - purging.age), dryRun: purging.dryrun })
+        .then((r) => logger.info({ ...r, dryRun: purging.dryrun }, 'purged stale uploads'))
+        .catch((err: unknown) => logger.error({ err }, 'upload purging failed'));
+    };
+    // Distribution waits a random while first so that replicas do not purge at once.
+    purgeTimer = setTimeout(function tick() {
+      purge();
+      purgeTimer = setTimeout(tick, purging.interval).unref();
+    }, Math.min(purging.interval, 60_000 + Math.random() * 60_000)).unref();
+  }
+
+  return {
+    port: actualPort,
+    server,
+    registry,
+    logger,
+    close: () =>
+      new Promise<void>((resolve) => {
+        if (purgeTimer) clearTimeout(purgeTimer);
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      }),
+  };
+}

@@ -1,0 +1,67 @@
+// The wharf command line: `wharf serve [config.yml]`, `wharf --version`, `wharf --help`.
+import { readFileSync } from 'node:fs';
+import { ConfigError, loadConfig } from './config.js';
+import { startRegistryServer } from './listen.js';
+
+const USAGE = `wharf - a private container registry (OCI Distribution v2)
+
+Usage:
+  wharf serve [config.yml]   serve the registry (default: :5000, storage in ./data)
+  wharf --version            print the version
+  wharf --help               print this help
+
+Configuration uses CNCF Distribution's config.yml keys; every key can be overridden by
+an environment variable named after its path, e.g. REGISTRY_HTTP_ADDR=:5000 or
+REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=/var/lib/registry.
+`;
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === '--version' || command === '-v' || command === 'version') {
+    process.stdout.write(`wharf ${version()}\n`);
+    return 0;
+  }
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command === undefined ? 2 : 0;
+  }
+  if (command !== 'serve') {
+    process.stderr.write(`wharf: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+    return 2;
+  }
+  const file = rest[0] ?? process.env.REGISTRY_CONFIGURATION_PATH;
+  let config;
+  try {
+    config = loadConfig({ file, env: process.env });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`wharf: configuration error: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  const running = await startRegistryServer(config);
+  const stop = (signal: string): void => {
+    running.logger.info({ signal }, 'shutting down');
+    running.close().then(() => process.exit(0));
+    setTimeout(() => process.exit(0), 25_000).unref();
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+  return -1; // keep running
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exit(code);
+  },
+  (err: unknown) => {
+    process.stderr.write(`wharf: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,48 @@
+// GET / HEAD / DELETE /v2/<name>/blobs/<digest>
+import type Router from '@koa/router';
+import { parseDigest } from '../../storage/digest.js';
+import { parseRange } from '../http-range.js';
+import { repositoryFor, routeParam, sendEmpty, type AppServices } from '../context.js';
+
+const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
+
+export function blobRoutes(router: Router, services: AppServices): void {
+  router.head(BLOB, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['pull']);
+    const info = await repo.blobs.stat(parseDigest(routeParam(ctx, 1)));
+    ctx.status = 200;
+    ctx.set({
+      'Content-Length': String(info.size),
+      'Content-Type': 'application/octet-stream',
+      'Docker-Content-Digest': info.digest.value,
+      'Accept-Ranges': 'bytes',
+      ETag: `"${info.digest.value}"`,
+      'Cache-Control': 'max-age=31536000',
+    });
+  });
+
+  router.get(BLOB, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['pull']);
+    const digest = parseDigest(routeParam(ctx, 1));
+    const info = await repo.blobs.stat(digest);
+    const range = parseRange(ctx.get('Range') || undefined, info.size);
+    const blob = await repo.blobs.open(digest, range);
+    ctx.status = range ? 206 : 200;
+    ctx.set({
+      'Content-Type': 'application/octet-stream',
+      'Docker-Content-Digest': digest.value,
+      'Accept-Ranges': 'bytes',
+      ETag: `"${digest.value}"`,
+      'Cache-Control': 'max-age=31536000',
+    });
+    if (range) ctx.set('Content-Range', `bytes ${range.start}-${range.end - 1}/${info.size}`);
+    ctx.body = blob.stream;
+    ctx.length = range ? range.end - range.start : info.size;
+  });
+
+  router.delete(BLOB, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['delete']);
+    await repo.blobs.delete(parseDigest(routeParam(ctx, 1)));
+    sendEmpty(ctx, 202);
+  });
+}

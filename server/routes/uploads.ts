@@ -1,0 +1,105 @@
+// Blob uploads: POST (start, monolithic, mount), PATCH (chunks), PUT (complete),
+// GET (status), DELETE (cancel) under /v2/<name>/blobs/uploads/.
+import type Router from '@koa/router';
+import type { Context } from 'koa';
+import { parseDigest } from '../../storage/digest.js';
+import { RegistryError } from '../../storage/errors.js';
+import type { Repository, UploadStatus } from '../../storage/repository.js';
+import { parseContentRange, uploadRange } from '../http-range.js';
+import { repositoryFor, routeParam, requireAccess, sendEmpty, urlBase, type AppServices } from '../context.js';
+
+const START = /^\/v2\/(.+)\/blobs\/uploads\/?$/;
+const SESSION = /^\/v2\/(.+)\/blobs\/uploads\/([^/]+)$/;
+/**
+ * Smallest non-final PATCH chunk we ask clients for. The filesystem driver takes chunks
+ * of any size; the S3 driver buffers small ones itself, so no client has to care.
+ */
+const CHUNK_MIN_LENGTH = 1;
+
+export function uploadRoutes(router: Router, services: AppServices): void {
+  const base = urlBase(services);
+
+  const sendStatus = (ctx: Context, repo: Repository, status: UploadStatus, code: number): void => {
+    ctx.set({
+      Location: `${base}/v2/${repo.name}/blobs/uploads/${status.id}`,
+      Range: uploadRange(status.size),
+      'Docker-Upload-UUID': status.id,
+      'OCI-Chunk-Min-Length': String(CHUNK_MIN_LENGTH),
+    });
+    sendEmpty(ctx, code);
+  };
+  const sendCreated = (ctx: Context, repo: Repository, digest: string): void => {
+    ctx.set({ Location: `${base}/v2/${repo.name}/blobs/${digest}`, 'Docker-Content-Digest': digest });
+    sendEmpty(ctx, 201);
+  };
+
+  router.post(START, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['pull', 'push']);
+    const { mount, from, digest } = ctx.query;
+    if (typeof mount === 'string') {
+      const source = typeof from === 'string' && from !== '' ? from : undefined;
+      if (source) await requireAccess(ctx, services, [{ type: 'repository', name: source, actions: ['pull'] }]);
+      const mounted = await repo.blobs.mount(parseDigest(mount), source);
+      if (mounted) return sendCreated(ctx, repo, mounted.digest.value);
+      // Not mountable: the spec says to fall back to a normal upload session.
+    }
+    if (typeof digest === 'string') {
+      const wanted = parseDigest(digest);
+      const session = await repo.uploads.start();
+      const blob = await repo.uploads.complete(session.id, wanted, ctx.req, { length: bodyLength(ctx) });
+      return sendCreated(ctx, repo, blob.digest.value);
+    }
+    sendStatus(ctx, repo, await repo.uploads.start(), 202);
+  });
+
+  router.get(SESSION, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['pull']);
+    sendStatus(ctx, repo, await repo.uploads.status(routeParam(ctx, 1)), 204);
+  });
+
+  router.patch(SESSION, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['pull', 'push']);
+    const id = routeParam(ctx, 1);
+    const chunk = await chunkOf(ctx, repo, id);
+    sendStatus(ctx, repo, await repo.uploads.append(id, ctx.req, chunk), 202);
+  });
+
+  router.put(SESSION, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['pull', 'push']);
+    const id = routeParam(ctx, 1);
+    const digest = ctx.query.digest;
+    if (typeof digest !== 'string') throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required');
+    const wanted = parseDigest(digest);
+    const hasBody = ctx.get('Transfer-Encoding') !== '' || (bodyLength(ctx) ?? 0) > 0;
+    const chunk = hasBody ? await chunkOf(ctx, repo, id) : undefined;
+    const blob = await repo.uploads.complete(id, wanted, hasBody ? ctx.req : undefined, chunk);
+    sendCreated(ctx, repo, blob.digest.value);
+  });
+
+  router.delete(SESSION, async (ctx) => {
+    const repo = await repositoryFor(ctx, services, ['pull', 'push']);
+    await repo.uploads.cancel(routeParam(ctx, 1));
+    sendEmpty(ctx, 204);
+  });
+}
+
+function bodyLength(ctx: Context): number | undefined {
+  const header = ctx.get('Content-Length');
+  if (header === '') return undefined;
+  if (!/^\d{1,15}$/.test(header)) throw new RegistryError('SIZE_INVALID', 'invalid Content-Length');
+  return Number(header);
+}
+
+/** The chunk a PATCH or PUT declares: its start from Content-Range, its length from either header. */
+async function chunkOf(ctx: Context, repo: Repository, id: string): Promise<{ start?: number; length?: number }> {
+  const length = bodyLength(ctx);
+  const header = ctx.get('Content-Range') || undefined;
+  if (header === undefined) return { length };
+  const range = parseContentRange(header, (await repo.uploads.status(id)).size);
+  if (range && length !== undefined && length !== range.length) {
+    throw new RegistryError('RANGE_INVALID', 'Content-Range and Content-Length disagree', {
+      size: (await repo.uploads.status(id)).size,
+    });
+  }
+  return range ?? { length };
+}

@@ -1,0 +1,103 @@
+// The storage driver seam: bytes and small files at paths, nothing registry-specific.
+// The filesystem driver implements it now; the S3 driver implements it next. Every
+// method's contract is written here; drivers must not add meaning of their own.
+//
+// Paths are absolute, '/'-separated, made of segments of [A-Za-z0-9._:-] (never '.' or
+// '..'), relative to the driver's root. checkPath() enforces that for every driver.
+import type { Readable, Writable } from 'node:stream';
+
+export interface FileInfo {
+  path: string;
+  /** Bytes; 0 for directories. */
+  size: number;
+  modTime: Date;
+  isDir: boolean;
+}
+
+/** Thrown (never returned) when a path does not exist. */
+export class PathNotFoundError extends Error {
+  override readonly name = 'PathNotFoundError';
+  readonly code = 'PATH_NOT_FOUND';
+  constructor(readonly path: string, options?: { cause?: unknown }) {
+    super(`path not found: ${path}`, options);
+  }
+}
+
+/** Thrown for a path that breaks the path grammar: a bug in the caller, never user input. */
+export class InvalidPathError extends Error {
+  override readonly name = 'InvalidPathError';
+  readonly code = 'INVALID_PATH';
+  constructor(readonly path: string) {
+    super(`invalid storage path: ${JSON.stringify(path.slice(0, 300))}`);
+  }
+}
+
+/** Thrown when the backend is unreachable or failing (disk full, I/O error, S3 down). */
+export class StorageUnavailableError extends Error {
+  override readonly name = 'StorageUnavailableError';
+  readonly code = 'STORAGE_UNAVAILABLE';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+export const isPathNotFound = (err: unknown): err is PathNotFoundError => err instanceof PathNotFoundError;
+
+/**
+ * A file being written. Exactly one of commit() or cancel() must be called, also after
+ * an error (callers use try/finally). Until commit() resolves, the written bytes are not
+ * guaranteed to be readable.
+ */
+export interface FileWriter {
+  /** The stream to write into; honours backpressure. */
+  readonly stream: Writable;
+  /** Size of the file: bytes present before (append) plus bytes written so far. */
+  size(): number;
+  /** Flushes and keeps everything written. */
+  commit(): Promise<void>;
+  /** Discards the whole file, including bytes present before an append. */
+  cancel(): Promise<void>;
+}
+
+export interface StorageDriver {
+  /** The driver's name as it appears in config (`filesystem`, `s3`). */
+  readonly name: string;
+
+  /** Size, time and kind of a path. Throws PathNotFoundError. */
+  stat(path: string): Promise<FileInfo>;
+
+  /** The whole content of a small file. Throws PathNotFoundError. */
+  getContent(path: string): Promise<Buffer>;
+
+  /** Replaces a file's content atomically: readers see the old or the new bytes, never a mix. */
+  putContent(path: string, content: Uint8Array): Promise<void>;
+
+  /**
+   * A stream of the file's bytes from `offset` (inclusive) to `end` (exclusive; default: EOF).
+   * Throws PathNotFoundError. The signal aborts the stream.
+   */
+  reader(path: string, offset?: number, end?: number, signal?: AbortSignal): Promise<Readable>;
+
+  /** Opens a file for writing; `append` continues an existing file (or starts an empty one). */
+  writer(path: string, append: boolean): Promise<FileWriter>;
+
+  /** Full paths of the direct children of a directory, unsorted. Throws PathNotFoundError. */
+  list(path: string): Promise<string[]>;
+
+  /** Moves a file atomically, replacing the destination. Throws PathNotFoundError for the source. */
+  move(source: string, destination: string): Promise<void>;
+
+  /** Deletes a file or a directory with everything below it. Throws PathNotFoundError. */
+  delete(path: string): Promise<void>;
+}
+
+const SEGMENT = /^[A-Za-z0-9._:-]+$/;
+
+/** Throws InvalidPathError unless `path` is an absolute driver path with safe segments. */
+export function checkPath(path: string): void {
+  if (path.length === 0 || path.length > 4096 || path[0] !== '/') throw new InvalidPathError(path);
+  if (path === '/') return;
+  for (const segment of path.slice(1).split('/')) {
+    if (segment === '.' || segment === '..' || !SEGMENT.test(segment)) throw new InvalidPathError(path);
+  }
+}

@@ -1,0 +1,127 @@
+// Manifests of a repository: the bytes live in the blob store under their digest, the
+// repository holds a revision link per manifest, tags point at revisions, and manifests
+// with an OCI 1.1 `subject` are indexed under _referrers for the referrers API.
+//
+// Order of writes on PUT (each step atomic): blob bytes -> revision link -> referrer
+// link -> tag index link -> tag current link. A crash between steps leaves at worst an
+// unreferenced blob or an untagged revision, never a tag pointing at missing content.
+import { LRUCache } from 'lru-cache';
+import type { StorageDriver } from './driver.js';
+import { digestOf, isDigest, parseDigest, type Digest } from './digest.js';
+import { RegistryError } from './errors.js';
+import { assertTag } from './names.js';
+import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from './manifest.js';
+import type { BlobStore } from './blob-store.js';
+import { baseName, listOrEmpty, type LinkStore } from './link-store.js';
+import { layerLink, referrerEntry, referrerLink, revisionDir, revisionLink, tagCurrentLink, tagDir, tagIndexLink, tagsDir } from './paths.js';
+import type { ManifestContent, PutManifestResult } from './repository.js';
+
+export class ManifestStore {
+  /** Parsed manifests by digest: immutable, so cached without expiry. */
+  private readonly parsed = new LRUCache<string, ParsedManifest>({ max: 50_000 });
+
+  constructor(
+    private readonly driver: StorageDriver,
+    private readonly blobs: BlobStore,
+    private readonly links: LinkStore,
+  ) {}
+
+  /** The digest a tag or digest reference names in `repo`, or undefined. */
+  async resolve(repo: string, reference: string): Promise<Digest | undefined> {
+    if (isDigest(reference)) return parseDigest(reference);
+    assertTag(reference);
+    return this.links.read(tagCurrentLink(repo, reference));
+  }
+
+  async get(repo: string, reference: string): Promise<ManifestContent> {
+    const digest = await this.resolve(repo, reference);
+    if (!digest || !(await this.links.read(revisionLink(repo, digest)))) throw unknownManifest(reference);
+    const content = await this.blobs.read(digest);
+    if (!content) throw unknownManifest(reference);
+    return { digest, mediaType: this.parse(digest, content).mediaType, content };
+  }
+
+  async put(repo: string, reference: string, content: Buffer, contentType: string | undefined): Promise<PutManifestResult> {
+    if (content.length > MAX_MANIFEST_BYTES) {
+      throw new RegistryError('MANIFEST_TOO_LARGE', `manifest exceeds ${MAX_MANIFEST_BYTES} bytes`);
+    }
+    const byDigest = isDigest(reference) ? parseDigest(reference) : undefined;
+    if (!byDigest) assertTag(reference);
+    const digest = digestOf(content, byDigest?.algorithm ?? 'sha256');
+    if (byDigest && byDigest.value !== digest.value) {
+      throw new RegistryError('DIGEST_INVALID', 'the manifest does not match the digest in the URL', {
+        expected: byDigest.value,
+        actual: digest.value,
+      });
+    }
+    const manifest = parseManifest(content, contentType);
+    await this.verifyReferences(repo, manifest);
+
+    await this.blobs.put(content, digest);
+    this.parsed.set(digest.value, manifest);
+    await this.links.write(revisionLink(repo, digest), digest);
+    const subject = manifest.subject ? parseDigest(manifest.subject.digest) : undefined;
+    if (subject) await this.links.write(referrerLink(repo, subject, digest), digest);
+    if (!byDigest) {
+      await this.links.write(tagIndexLink(repo, reference, digest), digest);
+      await this.links.write(tagCurrentLink(repo, reference), digest);
+    }
+    return { digest, subject };
+  }
+
+  /** By digest: the revision, its referrer entry and every tag pointing at it. By tag: the tag. */
+  async delete(repo: string, reference: string): Promise<void> {
+    if (!isDigest(reference)) {
+      assertTag(reference);
+      if (!(await this.links.remove(tagDir(repo, reference)))) throw unknownManifest(reference);
+      return;
+    }
+    const digest = parseDigest(reference);
+    if (!(await this.links.read(revisionLink(repo, digest)))) throw unknownManifest(reference);
+    for (const tag of await this.tags(repo)) {
+      const current = await this.links.read(tagCurrentLink(repo, tag));
+      if (current?.value === digest.value) await this.links.remove(tagDir(repo, tag));
+    }
+    const content = await this.blobs.read(digest);
+    const subject = content ? this.parse(digest, content).subject : undefined;
+    if (subject) await this.links.remove(referrerEntry(repo, parseDigest(subject.digest), digest));
+    await this.links.remove(revisionDir(repo, digest));
+  }
+
+  /** Tag names of a repository, sorted bytewise (the order the spec asks for). */
+  async tags(repo: string): Promise<string[]> {
+    const names = (await listOrEmpty(this.driver, tagsDir(repo))).map(baseName);
+    return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  }
+
+  /** The parsed form of stored manifest content. */
+  parse(digest: Digest, content: Buffer): ParsedManifest {
+    let manifest = this.parsed.get(digest.value);
+    if (!manifest) {
+      manifest = parseManifest(content);
+      this.parsed.set(digest.value, manifest);
+    }
+    return manifest;
+  }
+
+  private async verifyReferences(repo: string, manifest: ParsedManifest): Promise<void> {
+    const missing: string[] = [];
+    await Promise.all([
+      ...manifest.blobs.map(async (d) => {
+        if (!(await this.links.read(layerLink(repo, d))) || (await this.blobs.size(d)) === undefined) missing.push(d.value);
+      }),
+      ...manifest.children.map(async (child) => {
+        const d = parseDigest(child.digest);
+        if (!(await this.links.read(revisionLink(repo, d))) || (await this.blobs.size(d)) === undefined) missing.push(d.value);
+      }),
+    ]);
+    if (missing.length > 0) {
+      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest references ${missing.length} unknown blob(s)`, {
+        digests: missing.sort(),
+      });
+    }
+  }
+}
+
+const unknownManifest = (reference: string): RegistryError =>
+  new RegistryError('MANIFEST_UNKNOWN', 'manifest unknown to registry', { reference: reference.slice(0, 200) });
