@@ -18,7 +18,8 @@ export interface RunningServer {
   server: Server;
   registry: LocalRegistry;
   logger: Logger;
-  close(): Promise<void>;
+  /** Stops accepting, lets in-flight requests finish, cuts the rest after `graceMs`. */
+  close(graceMs?: number): Promise<void>;
 }
 
 export async function startRegistryServer(config: Config, logger: Logger = createLogger(config.log.level)): Promise<RunningServer> {
@@ -73,10 +74,18 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
     server,
     registry,
     logger,
-    close: () =>
+    close: (graceMs = 25_000) =>
       new Promise<void>((resolve) => {
         if (purgeTimer) clearTimeout(purgeTimer);
-        server.close(() => resolve());
+        // Stop accepting; in-flight requests finish. Keep-alive connections become idle
+        // only after their last response, so sweep them until the server has closed.
+        const sweep = setInterval(() => server.closeIdleConnections(), 50);
+        const deadline = setTimeout(() => server.closeAllConnections(), graceMs);
+        server.close(() => {
+          clearInterval(sweep);
+          clearTimeout(deadline);
+          resolve();
+        });
         server.closeIdleConnections();
       }),
   };

@@ -11,7 +11,8 @@ export interface TestServer {
   url: string;
   /** Storage root directory (the Distribution layout lives under docker/registry/v2 inside it). */
   root: string;
-  close(): Promise<void>;
+  /** Stops the server; removes a root it created itself unless `keepRoot`. */
+  close(keepRoot?: boolean): Promise<void>;
 }
 
 export interface TestServerOptions {
@@ -37,9 +38,9 @@ export async function startServer(opts: TestServerOptions = {}): Promise<TestSer
   return {
     url: `http://127.0.0.1:${server.port}`,
     root,
-    async close() {
-      await server.close();
-      if (ownRoot) await rm(root, { recursive: true, force: true });
+    async close(keepRoot = false) {
+      await server.close(2000);
+      if (ownRoot && !keepRoot) await rm(root, { recursive: true, force: true });
     },
   };
 }
