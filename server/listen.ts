@@ -4,6 +4,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { allowAll } from '../auth/access.js';
 import { FilesystemDriver } from '../storage/filesystem-driver.js';
@@ -20,6 +21,24 @@ export interface RunningServer {
   logger: Logger;
   /** Stops accepting, lets in-flight requests finish, cuts the rest after `graceMs`. */
   close(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Requests Node's HTTP parser rejects before Koa sees them (oversized headers, garbage)
+ * still get an answer in the spec's error shape, then the connection is closed.
+ */
+function answerClientError(err: NodeJS.ErrnoException, socket: Duplex, logger: Logger): void {
+  logger.debug({ code: err.code }, 'malformed request');
+  if (!socket.writable || err.code === 'ECONNRESET') {
+    socket.destroy();
+    return;
+  }
+  const [status, text] = err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : [400, 'Bad Request'];
+  const body = JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: `malformed request: ${text.toLowerCase()}` }] });
+  socket.end(
+    `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+      `Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 export async function startRegistryServer(config: Config, logger: Logger = createLogger(config.log.level)): Promise<RunningServer> {
@@ -42,6 +61,9 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
   server.requestTimeout = 0;
   server.headersTimeout = 60_000;
   server.keepAliveTimeout = 75_000;
+  // A connection on which nothing moves for this long (a stalled or malicious client) is closed.
+  server.timeout = 300_000;
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => answerClientError(err, socket, logger));
 
   const { host, port } = parseListenAddress(config.http.addr);
   await new Promise<void>((resolve, reject) => {
