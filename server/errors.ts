@@ -57,7 +57,8 @@ export async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
       }
       if (error.code === 'UNAVAILABLE') ctx.set('Retry-After', '5');
       entry = { code: WIRE_CODE[error.code] ?? error.code, message: error.message };
-      if (error.detail !== undefined) entry.detail = error.detail;
+      const detail = detailText(error.detail);
+      if (detail !== undefined) entry.detail = detail;
     } else {
       ctx.status = 500;
       entry = { code: 'UNKNOWN', message: 'internal server error' };
@@ -65,6 +66,22 @@ export async function errorMiddleware(ctx: Context, next: Next): Promise<void> {
     ctx.type = 'application/json';
     ctx.body = ctx.method === 'HEAD' ? null : { errors: [entry] };
   }
+}
+
+/**
+ * The spec allows any JSON in `detail`, but clients in the wild (the OCI conformance
+ * suite's among them) decode it as a string, so it is sent as one: a single fact as its
+ * value, several as `key=value` pairs. Facts that only feed headers are left out.
+ */
+function detailText(detail: unknown): string | undefined {
+  if (detail === undefined || detail === null) return undefined;
+  if (typeof detail !== 'object') return String(detail);
+  const facts = Object.entries(detail).filter(([key]) => key !== 'size' && key !== 'blobSize');
+  const text = (value: unknown): string => (Array.isArray(value) ? value.join(', ') : typeof value === 'object' ? JSON.stringify(value) : String(value));
+  if (Array.isArray(detail)) return detail.map(text).join('; ');
+  if (facts.length === 0) return undefined;
+  if (facts.length === 1) return text(facts[0]![1]);
+  return facts.map(([key, value]) => `${key}=${text(value)}`).join(' ');
 }
 
 /** The client-facing error for `err`, or undefined for an unexpected failure (logged here). */

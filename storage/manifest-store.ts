@@ -9,7 +9,7 @@ import { LRUCache } from 'lru-cache';
 import type { StorageDriver } from './driver.js';
 import { digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import { RegistryError } from './errors.js';
-import { assertTag } from './names.js';
+import { assertTag, isValidTag } from './names.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from './manifest.js';
 import type { BlobStore } from './blob-store.js';
 import { baseName, listOrEmpty, type LinkStore } from './link-store.js';
@@ -29,7 +29,9 @@ export class ManifestStore {
   /** The digest a tag or digest reference names in `repo`, or undefined. */
   async resolve(repo: string, reference: string): Promise<Digest | undefined> {
     if (isDigest(reference)) return parseDigest(reference);
-    assertTag(reference);
+    // A reference that is neither a tag nor a digest names nothing: unknown, not invalid
+    // (what the spec's conformance suite expects of GET and HEAD).
+    if (!isValidTag(reference)) return undefined;
     return this.links.read(tagCurrentLink(repo, reference));
   }
 

@@ -1,0 +1,166 @@
+// Starts the two registries under test as child processes: wharf (node bin/wharf.js
+// serve, configured by REGISTRY_* environment variables) and CNCF Distribution
+// (/usr/bin/docker-registry serve config.yml). Same machine, same filesystem, same log
+// level, no auth. Their logs go to files (never through this process).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const DISTRIBUTION_BINARY = '/usr/bin/docker-registry';
+
+export type ServerKind = 'wharf' | 'distribution';
+
+export interface LogSettings {
+  /** 'info': info level with access logs on (both). 'warn': warn level, access logs off (both). */
+  mode: 'info' | 'warn';
+}
+
+export interface ServerOptions {
+  /** Working directory of this run: the server gets <dir>/<kind>/data and <dir>/<kind>.log. */
+  workDir: string;
+  log: LogSettings;
+  /** Extra node flags for wharf (e.g. --cpu-prof). */
+  nodeArgs?: string[];
+  /** Distribution: use the in-memory blob descriptor cache, as its shipped config.yml does. */
+  distributionCache?: boolean;
+}
+
+export interface RunningServer {
+  kind: ServerKind;
+  /** Display name. */
+  label: string;
+  pid: number;
+  /** http://127.0.0.1:PORT */
+  base: string;
+  port: number;
+  /** Storage root (Distribution layout under docker/registry/v2). */
+  dataDir: string;
+  logPath: string;
+  /** Last lines of the server's log, for error reports. */
+  logTail(lines?: number): string;
+  /** Empties the log file (it is opened for appending, so the server keeps writing at the new end). */
+  truncateLog(): void;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startServer(kind: ServerKind, options: ServerOptions): Promise<RunningServer> {
+  const dir = join(options.workDir, kind);
+  const dataDir = join(dir, 'data');
+  await mkdir(dataDir, { recursive: true });
+  const port = await freePort();
+  const logPath = join(options.workDir, `${kind}.log`);
+  const logFd = openSync(logPath, 'a');
+  let child: ChildProcess;
+  if (kind === 'wharf') {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      REGISTRY_HTTP_ADDR: `127.0.0.1:${port}`,
+      REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: dataDir,
+      REGISTRY_STORAGE_DELETE_ENABLED: 'true',
+      REGISTRY_LOG_LEVEL: options.log.mode,
+      REGISTRY_LOG_ACCESSLOG_DISABLED: options.log.mode === 'info' ? 'false' : 'true',
+      REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED: 'false',
+      NODE_ENV: 'production',
+    };
+    delete env.REGISTRY_CONFIGURATION_PATH;
+    child = spawn(process.execPath, [...(options.nodeArgs ?? []), join(REPO_ROOT, 'bin/wharf.js'), 'serve'], {
+      cwd: dir,
+      env,
+      stdio: ['ignore', logFd, logFd],
+    });
+  } else {
+    if (!existsSync(DISTRIBUTION_BINARY)) {
+      throw new Error(`${DISTRIBUTION_BINARY} not found: apt-get install docker-registry`);
+    }
+    const configPath = join(dir, 'config.yml');
+    writeFileSync(configPath, distributionConfig(dataDir, port, options));
+    // Distribution reads REGISTRY_* variables too: none may leak in from our environment.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
+    child = spawn(DISTRIBUTION_BINARY, ['serve', configPath], { cwd: dir, env, stdio: ['ignore', logFd, logFd] });
+  }
+  closeSync(logFd);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let gone = false;
+  void exited.then(() => (gone = true));
+  const base = `http://127.0.0.1:${port}`;
+  const logTail = (lines = 20): string => {
+    try {
+      return readFileSync(logPath, 'utf8').split('\n').slice(-lines - 1).join('\n');
+    } catch {
+      return '';
+    }
+  };
+  const server: RunningServer = {
+    kind,
+    label: kind === 'wharf' ? 'wharf' : 'Distribution',
+    pid: child.pid!,
+    base,
+    port,
+    dataDir,
+    logPath,
+    logTail,
+    truncateLog: () => truncateSync(logPath, 0),
+    stop: async () => {
+      if (gone) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (gone) throw new Error(`${server.label} exited during start-up:\n${logTail()}`);
+    try {
+      const res = await fetch(`${base}/v2/`);
+      await res.arrayBuffer();
+      if (res.status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      await server.stop();
+      throw new Error(`${server.label} did not answer GET /v2/ within 30 s:\n${logTail()}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return server;
+}
+
+function distributionConfig(dataDir: string, port: number, options: ServerOptions): string {
+  const log =
+    options.log.mode === 'info'
+      ? 'log:\n  level: info\n  accesslog:\n    disabled: false\n'
+      : 'log:\n  level: warn\n  accesslog:\n    disabled: true\n';
+  const cache = options.distributionCache === false ? '' : '  cache:\n    blobdescriptor: inmemory\n';
+  return (
+    'version: 0.1\n' +
+    log +
+    'storage:\n' +
+    `  filesystem:\n    rootdirectory: ${JSON.stringify(dataDir)}\n` +
+    '  delete:\n    enabled: true\n' +
+    cache +
+    // No upload purging during the run (it would start after a random delay anyway).
+    '  maintenance:\n    uploadpurging:\n      enabled: false\n' +
+    'http:\n' +
+    `  addr: 127.0.0.1:${port}\n` +
+    // A fixed secret silences the "no HTTP secret" warning; it signs the _state of uploads.
+    '  secret: wharf-bench-not-secret\n'
+  );
+}
