@@ -35,6 +35,11 @@ export function blobRoutes(router: Router, services: AppServices): void {
       ETag: `"${digest.value}"`,
       'Cache-Control': 'max-age=31536000',
     });
+    if (ctx.fresh) {
+      blob.stream.destroy();
+      ctx.status = 304;
+      return;
+    }
     if (range) ctx.set('Content-Range', `bytes ${range.start}-${range.end - 1}/${info.size}`);
     ctx.body = blob.stream;
     ctx.length = range ? range.end - range.start : info.size;

@@ -20,6 +20,10 @@ export function manifestRoutes(router: Router, services: AppServices): void {
       'Docker-Content-Digest': manifest.digest.value,
       ETag: `"${manifest.digest.value}"`,
     });
+    if (ctx.fresh) {
+      ctx.status = 304; // If-None-Match with the digest the client already has
+      return;
+    }
     if (withBody) ctx.body = manifest.content;
     else ctx.set('Content-Length', String(manifest.content.length));
   };

@@ -1,6 +1,7 @@
 // Manifests, tags, catalog and referrers over HTTP: the error paths and behaviours
 // beyond the conformance flows.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { get } from 'node:http';
 import { startServer, type TestServer } from '../support/server.js';
 import { errorCodes, randomBlob, RegistryClient, sha256 } from '../support/client.js';
 
@@ -187,5 +188,23 @@ describe('referrers', () => {
     expect((await client.fetch(`/v2/team/app/manifests/${sbom.digest}`, { method: 'DELETE' })).status).toBe(202);
     const after = await client.fetch(`/v2/team/app/referrers/${subject.digest}`);
     expect(((await after.json()) as { manifests: unknown[] }).manifests).toEqual([]);
+  });
+});
+
+describe('conditional requests', () => {
+  it('answers If-None-Match with the current digest with 304', async () => {
+    const { digest } = await client.pushImage('team/app', 'v1', [randomBlob(10)]);
+    // fetch() adds Cache-Control: no-cache to conditional requests (Fetch spec), so plain node:http.
+    const status = (path: string, etag: string) =>
+      new Promise<number>((resolve, reject) => {
+        get(`${server.url}${path}`, { headers: { 'If-None-Match': `"${etag}"` } }, (res) => {
+          res.resume();
+          resolve(res.statusCode!);
+        }).on('error', reject);
+      });
+    expect(await status('/v2/team/app/manifests/v1', digest)).toBe(304);
+    expect(await status('/v2/team/app/manifests/v1', 'sha256:other')).toBe(200);
+    const blob = await client.pushBlob('team/app', Buffer.from('cached'));
+    expect(await status(`/v2/team/app/blobs/${blob}`, blob)).toBe(304);
   });
 });
