@@ -23,7 +23,8 @@ export interface Config {
   };
   storage: {
     driver: 'filesystem';
-    filesystem: { rootdirectory: string };
+    /** fsync is a wharf extension: flush data before renames make it visible (default true). */
+    filesystem: { rootdirectory: string; fsync: boolean };
     delete: { enabled: boolean };
     maintenance: {
       uploadpurging: { enabled: boolean; age: number; interval: number; dryrun: boolean };
@@ -64,6 +65,7 @@ const SCHEMA: Record<string, Kind> = {
   'http.http2': 'any',
   'storage.filesystem.rootdirectory': 'string',
   'storage.filesystem.maxthreads': 'any',
+  'storage.filesystem.fsync': 'bool',
   'storage.delete.enabled': 'bool',
   'storage.maintenance.uploadpurging.enabled': 'bool',
   'storage.maintenance.uploadpurging.age': 'duration',
@@ -189,7 +191,7 @@ function build(values: Map<string, unknown>, unknownKeys: string[]): Config {
     },
     storage: {
       driver: 'filesystem',
-      filesystem: { rootdirectory },
+      filesystem: { rootdirectory, fsync: bool('storage.filesystem.fsync', true) },
       delete: { enabled: bool('storage.delete.enabled', false) },
       maintenance: {
         uploadpurging: {

@@ -45,7 +45,7 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
   for (const key of config.unknownKeys) logger.warn({ key }, 'unknown configuration key ignored');
   const root = config.storage.filesystem.rootdirectory;
   await mkdir(root, { recursive: true });
-  const driver = new FilesystemDriver({ rootDirectory: root });
+  const driver = new FilesystemDriver({ rootDirectory: root, fsync: config.storage.filesystem.fsync });
   const registry = new LocalRegistry(driver, {
     deleteEnabled: config.storage.delete.enabled,
     linkCacheTtlMs: config.storage.cache.linkttl,

@@ -1,7 +1,15 @@
 // StorageDriver on a local directory. Atomic writes are temp file + rename in the same
 // directory; rename(2) replaces the destination atomically on POSIX filesystems.
+//
+// Durability: with `fsync` on (the default), file data is flushed (fdatasync) before the
+// rename that makes it visible, in putContent and move. Otherwise a power loss after the
+// rename could leave a zero-length or partial file under a content address: a blob whose
+// bytes do not match its digest. Directories are not fsynced: losing a rename to a power
+// cut loses the new entry (the client pushes again), it never corrupts one. Cost: about
+// 0.5 ms per small file on this VM's ext4, and for a large blob the wait for the pages
+// that were not yet written back when the upload ended.
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -20,14 +28,18 @@ const WRITE_CHUNK = 1 << 20;
 
 export interface FilesystemDriverOptions {
   rootDirectory: string;
+  /** Flush file data before a rename makes it visible (default true). */
+  fsync?: boolean;
 }
 
 export class FilesystemDriver implements StorageDriver {
   readonly name = 'filesystem';
   readonly root: string;
+  private readonly fsync: boolean;
 
   constructor(options: FilesystemDriverOptions) {
     this.root = options.rootDirectory;
+    this.fsync = options.fsync ?? true;
   }
 
   private full(path: string): string {
@@ -57,7 +69,13 @@ export class FilesystemDriver implements StorageDriver {
     const temp = tempName(target);
     try {
       await mkdir(dirname(target), { recursive: true });
-      await writeFile(temp, content);
+      const handle = await open(temp, 'w');
+      try {
+        await handle.writeFile(content);
+        if (this.fsync) await handle.datasync();
+      } finally {
+        await handle.close();
+      }
       await rename(temp, target);
     } catch (err) {
       await unlink(temp).catch(() => undefined);
@@ -147,6 +165,14 @@ export class FilesystemDriver implements StorageDriver {
     const from = this.full(source);
     const to = this.full(destination);
     try {
+      if (this.fsync) {
+        const handle = await open(from, 'r+');
+        try {
+          await handle.datasync();
+        } finally {
+          await handle.close();
+        }
+      }
       await mkdir(dirname(to), { recursive: true });
       await rename(from, to);
     } catch (err) {
