@@ -1,0 +1,119 @@
+// CNCF Distribution 2.8 (Debian's docker-registry) as the reference implementation: serve a
+// storage root on a free loopback port, or run its garbage collector over one.
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { freePort, LOG_DIR, removeTree, run, spawnLogged, tempDir, waitFor, waitForUrl, type LoggedProcess, type RunResult } from './processes.js';
+import { mustToolPath } from './tools.js';
+
+export const DISTRIBUTION_BINARY = 'docker-registry';
+export const DISTRIBUTION_APT_PACKAGE = 'docker-registry';
+
+export interface DistributionProcess {
+  url: string;
+  host: string;
+  port: number;
+  root: string;
+  configFile: string;
+  logFile: string;
+  process: LoggedProcess;
+  /** Stops it and removes its config dir (never the storage root, which the caller owns). */
+  stop(): Promise<void>;
+}
+
+/** A Distribution config.yml serving `root` (delete enabled, log level info). */
+export function distributionConfig(root: string, addr: string, deleteEnabled = true): string {
+  return [
+    'version: 0.1',
+    'log:',
+    '  level: info',
+    '  formatter: text',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${JSON.stringify(root)}`,
+    '  delete:',
+    `    enabled: ${deleteEnabled}`,
+    '  maintenance:',
+    '    uploadpurging:',
+    '      enabled: false',
+    'http:',
+    `  addr: ${addr}`,
+    '  headers:',
+    '    X-Content-Type-Options: [nosniff]',
+    '',
+  ].join('\n');
+}
+
+/** Writes a config.yml for `root` into a fresh temp dir; returns [dir, file]. */
+async function writeConfig(root: string, addr: string, deleteEnabled = true): Promise<[string, string]> {
+  const dir = await tempDir('wharf-e2e-dist-');
+  const file = join(dir, 'config.yml');
+  await writeFile(file, distributionConfig(root, addr, deleteEnabled));
+  return [dir, file];
+}
+
+export async function startDistribution(opts: { root: string; deleteEnabled?: boolean }): Promise<DistributionProcess> {
+  // A port picked free can be taken before the registry binds it: try another one then.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOnce(opts);
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/i.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startOnce(opts: { root: string; deleteEnabled?: boolean }): Promise<DistributionProcess> {
+  const binary = mustToolPath(DISTRIBUTION_BINARY);
+  const port = await freePort();
+  const host = `127.0.0.1:${port}`;
+  const [dir, configFile] = await writeConfig(opts.root, host, opts.deleteEnabled ?? true);
+  // REGISTRY_* variables in our own environment would override the file; drop them.
+  const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
+  const proc = spawnLogged('distribution', binary, ['serve', configFile], {
+    env,
+    cwd: dir,
+    logFile: join(LOG_DIR, `distribution-${port}-${Date.now()}.log`),
+  });
+  const url = `http://${host}`;
+  try {
+    await waitForUrl(`${url}/v2/`, { process: proc, timeoutMs: 30_000, what: `docker-registry on ${host}` });
+    // Ours, not something else that took the port: it logs "listening on 127.0.0.1:PORT".
+    await waitFor(() => proc.logTail(200).includes(`listening on ${host}`), { process: proc, timeoutMs: 10_000, what: `docker-registry to log it listens on ${host}` });
+  } catch (err) {
+    await proc.stop(2000);
+    await removeTree(dir);
+    throw err;
+  }
+  return {
+    url,
+    host,
+    port,
+    root: opts.root,
+    configFile,
+    logFile: proc.logFile,
+    process: proc,
+    async stop() {
+      await proc.stop(10_000);
+      await removeTree(dir);
+    },
+  };
+}
+
+/** `docker-registry garbage-collect [--dry-run] [--delete-untagged] config.yml` over `root`. */
+export async function distributionGarbageCollect(
+  root: string,
+  opts: { dryRun?: boolean; deleteUntagged?: boolean } = {},
+): Promise<RunResult> {
+  const binary = mustToolPath(DISTRIBUTION_BINARY);
+  const [dir, configFile] = await writeConfig(root, '127.0.0.1:0');
+  try {
+    const args = ['garbage-collect'];
+    if (opts.dryRun ?? true) args.push('--dry-run');
+    if (opts.deleteUntagged) args.push('--delete-untagged');
+    args.push(configFile);
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
+    return await run(binary, args, { env, cwd: dir, timeoutMs: 120_000 });
+  } finally {
+    await removeTree(dir);
+  }
+}
