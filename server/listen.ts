@@ -34,7 +34,12 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Duplex, logger: L
     return;
   }
   const [status, text] = err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'Request Header Fields Too Large'] : [400, 'Bad Request'];
-  const body = JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: `malformed request: ${text.toLowerCase()}` }] });
+  answerRaw(socket, status, text, `malformed request: ${text.toLowerCase()}`);
+}
+
+/** Writes a complete error response in the spec's shape on a raw socket and closes it. */
+function answerRaw(socket: Duplex, status: number, text: string, message: string): void {
+  const body = JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message }] });
   socket.end(
     `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
       `Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n${body}`,
@@ -53,9 +58,11 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
   const app = createApp({ config, registry, access: allowAll, logger });
 
   const handler = app.callback();
+  // Node answers a missing Host itself, with an empty 400; wharf builds no URL from Host.
+  const serverOptions = { requireHostHeader: false };
   const server = config.http.tls
-    ? createHttpsServer({ cert: readFileSync(config.http.tls.certificate), key: readFileSync(config.http.tls.key) }, handler)
-    : createHttpServer(handler);
+    ? createHttpsServer({ ...serverOptions, cert: readFileSync(config.http.tls.certificate), key: readFileSync(config.http.tls.key) }, handler)
+    : createHttpServer(serverOptions, handler);
   // Registries serve long uploads and pulls: no whole-request timeout, but idle
   // keep-alive connections are closed and headers must arrive promptly.
   server.requestTimeout = 0;
@@ -64,6 +71,18 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
   // A connection on which nothing moves for this long (a stalled or malicious client) is closed.
   server.timeout = 300_000;
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => answerClientError(err, socket, logger));
+  // Requests Node would otherwise answer with an empty body (Expect) or drop (CONNECT).
+  server.on('checkExpectation', (_req, res) => {
+    const body = JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: 'only Expect: 100-continue is supported' }] });
+    res.writeHead(417, {
+      'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(body),
+      'Docker-Distribution-API-Version': 'registry/2.0',
+      Connection: 'close',
+    });
+    res.end(body);
+  });
+  server.on('connect', (_req, socket: Duplex) => answerRaw(socket, 405, 'Method Not Allowed', 'CONNECT is not supported'));
 
   const { host, port } = parseListenAddress(config.http.addr);
   await new Promise<void>((resolve, reject) => {

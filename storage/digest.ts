@@ -33,13 +33,9 @@ export function parseDigest(input: string): Digest {
   return { algorithm, hex, value: input };
 }
 
+/** Whether `input` is a valid, supported digest; tests without throwing (a hot path). */
 export function isDigest(input: string): boolean {
-  try {
-    parseDigest(input);
-    return true;
-  } catch {
-    return false;
-  }
+  return /^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/.test(input);
 }
 
 export function newHash(algorithm: DigestAlgorithm = 'sha256'): Hash {

@@ -9,6 +9,7 @@ import { LRUCache } from 'lru-cache';
 import type { StorageDriver } from './driver.js';
 import { digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import { RegistryError } from './errors.js';
+import { KeyedMutex } from './keyed-mutex.js';
 import { assertTag, isValidTag } from './names.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from './manifest.js';
 import type { BlobStore } from './blob-store.js';
@@ -19,6 +20,13 @@ import type { ManifestContent, PutManifestResult } from './repository.js';
 export class ManifestStore {
   /** Parsed manifests by digest: immutable, so cached without expiry. */
   private readonly parsed = new LRUCache<string, ParsedManifest>({ max: 50_000 });
+  /**
+   * Manifest writes and deletes of one repository run one at a time: a delete by digest
+   * interleaved with a PUT of the same manifest under a tag could otherwise remove the
+   * revision after the PUT tagged it (a listed tag that answers 404), or pull a directory
+   * from under a link being written (a 500).
+   */
+  private readonly locks = new KeyedMutex();
 
   constructor(
     private readonly driver: StorageDriver,
@@ -57,8 +65,18 @@ export class ManifestStore {
       });
     }
     const manifest = parseManifest(content, contentType);
-    await this.verifyReferences(repo, manifest);
+    return this.locks.run(repo, () => this.store(repo, reference, content, digest, manifest, byDigest));
+  }
 
+  private async store(
+    repo: string,
+    reference: string,
+    content: Buffer,
+    digest: Digest,
+    manifest: ParsedManifest,
+    byDigest: Digest | undefined,
+  ): Promise<PutManifestResult> {
+    await this.verifyReferences(repo, manifest);
     await this.blobs.put(content, digest);
     this.parsed.set(digest.value, manifest);
     await this.links.write(revisionLink(repo, digest), digest);
@@ -72,7 +90,11 @@ export class ManifestStore {
   }
 
   /** By digest: the revision, its referrer entry and every tag pointing at it. By tag: the tag. */
-  async delete(repo: string, reference: string): Promise<void> {
+  delete(repo: string, reference: string): Promise<void> {
+    return this.locks.run(repo, () => this.remove(repo, reference));
+  }
+
+  private async remove(repo: string, reference: string): Promise<void> {
     if (!isDigest(reference)) {
       assertTag(reference);
       if (!(await this.links.remove(tagDir(repo, reference)))) throw unknownManifest(reference);

@@ -74,10 +74,19 @@ async function readBody(ctx: Context, limit: number): Promise<Buffer> {
   if (declared > limit) throw new RegistryError('MANIFEST_TOO_LARGE', `manifest exceeds ${limit} bytes`);
   const parts: Buffer[] = [];
   let size = 0;
-  for await (const part of ctx.req as AsyncIterable<Buffer>) {
-    size += part.length;
-    if (size > limit) throw new RegistryError('MANIFEST_TOO_LARGE', `manifest exceeds ${limit} bytes`);
-    parts.push(part);
+  try {
+    for await (const part of ctx.req as AsyncIterable<Buffer>) {
+      size += part.length;
+      if (size > limit) throw new RegistryError('MANIFEST_TOO_LARGE', `manifest exceeds ${limit} bytes`);
+      parts.push(part);
+    }
+  } catch (err) {
+    // The client hung up part-way (Node aborts the request): its fault, not a server failure.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ABORT_ERR') {
+      throw new RegistryError('MANIFEST_INVALID', 'the manifest body ended before it was complete');
+    }
+    throw err;
   }
   return Buffer.concat(parts, size);
 }

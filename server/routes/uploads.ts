@@ -45,8 +45,17 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     }
     if (typeof digest === 'string') {
       const wanted = parseDigest(digest);
+      const length = bodyLength(ctx);
       const session = await repo.uploads.start();
-      const blob = await repo.uploads.complete(session.id, wanted, ctx.req, { length: bodyLength(ctx) });
+      let blob;
+      try {
+        blob = await repo.uploads.complete(session.id, wanted, ctx.req, { length });
+      } catch (err) {
+        // Nobody knows this session's id: whatever it holds can never be resumed, and on a
+        // full disk it would keep the space until upload purging (a week by default).
+        await repo.uploads.cancel(session.id).catch(() => undefined);
+        throw err;
+      }
       return sendCreated(ctx, repo, blob.digest.value);
     }
     sendStatus(ctx, repo, await repo.uploads.start(), 202);
