@@ -42,6 +42,8 @@ export function resetPeak(pid: number): boolean {
 }
 
 export interface PhaseUsage {
+  /** RSS when the phase started, bytes. */
+  startRss: number;
   /** Peak RSS during the phase, bytes. */
   peakRss: number;
   /** CPU seconds the process used during the phase. */
@@ -55,6 +57,7 @@ export interface PhaseUsage {
  */
 export class PhaseMonitor {
   private readonly cpuStart: number;
+  private readonly startRss: number;
   private peak: number;
   private readonly timer: NodeJS.Timeout;
   private readonly hwmReset: boolean;
@@ -64,7 +67,8 @@ export class PhaseMonitor {
     intervalMs = 25,
   ) {
     this.hwmReset = resetPeak(pid);
-    this.peak = readMemory(pid).rss;
+    this.startRss = readMemory(pid).rss;
+    this.peak = this.startRss;
     this.cpuStart = readCpuSeconds(pid);
     this.timer = setInterval(() => this.sample(), intervalMs);
     this.timer.unref();
@@ -83,6 +87,27 @@ export class PhaseMonitor {
     this.sample();
     const mem = readMemory(this.pid);
     const peakRss = this.hwmReset ? Math.max(this.peak, mem.hwm) : this.peak;
-    return { peakRss, cpuSeconds: readCpuSeconds(this.pid) - this.cpuStart };
+    return { startRss: this.startRss, peakRss, cpuSeconds: readCpuSeconds(this.pid) - this.cpuStart };
   }
+}
+
+function cpuTimes(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  const ticks = line.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal ...
+  const idle = (ticks[3] ?? 0) + (ticks[4] ?? 0);
+  const total = ticks.slice(0, 8).reduce((a, b) => a + b, 0);
+  return { busy: total - idle, total };
+}
+
+/**
+ * How many cores something else keeps busy: machine-wide CPU use over `ms` while the
+ * bench and both servers sit idle (the machine may be shared with other work).
+ */
+export async function backgroundCores(ms: number, cores: number): Promise<number> {
+  const a = cpuTimes();
+  await new Promise((r) => setTimeout(r, ms));
+  const b = cpuTimes();
+  const total = b.total - a.total;
+  return total > 0 ? ((b.busy - a.busy) / total) * cores : 0;
 }

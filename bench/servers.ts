@@ -25,6 +25,10 @@ export interface ServerOptions {
   log: LogSettings;
   /** Extra node flags for wharf (e.g. --cpu-prof). */
   nodeArgs?: string[];
+  /** wharf: the script to run instead of bin/wharf.js (e.g. a compiled dist/server/main.js). */
+  wharfEntry?: string;
+  /** wharf: extra environment (e.g. MALLOC_ARENA_MAX=2). */
+  wharfEnv?: Record<string, string>;
   /** Distribution: use the in-memory blob descriptor cache, as its shipped config.yml does. */
   distributionCache?: boolean;
 }
@@ -77,9 +81,10 @@ export async function startServer(kind: ServerKind, options: ServerOptions): Pro
       REGISTRY_LOG_ACCESSLOG_DISABLED: options.log.mode === 'info' ? 'false' : 'true',
       REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED: 'false',
       NODE_ENV: 'production',
+      ...options.wharfEnv,
     };
     delete env.REGISTRY_CONFIGURATION_PATH;
-    child = spawn(process.execPath, [...(options.nodeArgs ?? []), join(REPO_ROOT, 'bin/wharf.js'), 'serve'], {
+    child = spawn(process.execPath, [...(options.nodeArgs ?? []), options.wharfEntry ?? join(REPO_ROOT, 'bin/wharf.js'), 'serve'], {
       cwd: dir,
       env,
       stdio: ['ignore', logFd, logFd],

@@ -1,0 +1,638 @@
+// npm run bench [-- --quick] [options]: wharf against CNCF Distribution on this machine.
+// Both registries run at once, each exercised alone, alternately (A B, then B A, ...)
+// figure by figure; the physical limits are measured in the same rounds. See
+// bench/README.md for the method and what each figure means.
+import { spawnSync } from 'node:child_process';
+import { cpus, totalmem } from 'node:os';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BigBlob, SmallBlobs, type BlobVariant } from './data.js';
+import { agent, BenchError, expectStatus, send } from './http.js';
+import { abHead, wrk, type LoadResult } from './load.js';
+import { diskWrite, hashWrite, MB, seconds, sha256Speed, startTrivialServer, type TrivialServer } from './limits.js';
+import { backgroundCores, PhaseMonitor, readMemory, type PhaseUsage } from './proc.js';
+import { checkBlob, checkManifest, OCI_MANIFEST, pullVerified, pushChunked, pushImage, pushMonolithic, pushSmall, type PushedImage } from './registry.js';
+import { renderFigures, renderLimits, type LimitRow, type Row } from './report.js';
+import { REPO_ROOT, startServer, type RunningServer, type ServerKind } from './servers.js';
+import { median, Samples, spread } from './stats.js';
+import { profileWharf } from './profile.js';
+
+const MiB = 1 << 20;
+
+export interface Options {
+  quick: boolean;
+  rounds: number;
+  bigBytes: number;
+  chunkBytes: number;
+  smallBytes: number;
+  smallClients: number;
+  smallSeconds: number;
+  connections: number;
+  loadSeconds: number;
+  wrkThreads: number;
+  logMode: 'info' | 'warn';
+  distributionCache: boolean;
+  dir?: string;
+  keep: boolean;
+  json?: string;
+  profile?: string;
+  wharfEntry?: string;
+  wharfEnv: Record<string, string>;
+}
+
+const USAGE = `npm run bench [-- options]
+
+  --quick              256 MiB blob, 2 rounds, 2 s load phases (under a minute)
+  --rounds N           rounds (default 6; each round runs every figure for both, order alternating)
+  --size MiB           size of the large blob (default 1024)
+  --seconds S          length of each wrk/ab and small-blob phase (default 6)
+  --wrk-threads N      wrk threads (default 2; with 1, wrk's own thread is the bottleneck and its p99 balloons)
+  --log info|warn      info: info level + access logs on both (default); warn: warn level, access logs off on both
+  --no-dist-cache      run Distribution without its in-memory blob descriptor cache
+  --dir PATH           work directory (default: a new one under /var/tmp, removed at the end)
+  --keep               keep the work directory (data, logs, results.json)
+  --json PATH          also write the raw samples and summary as JSON to PATH
+  --wharf-entry JS     start wharf from this script instead of bin/wharf.js (e.g. a tsc build's server/main.js)
+  --wharf-env K=V      extra environment for wharf (repeatable), e.g. MALLOC_ARENA_MAX=2
+  --profile DIR        instead of comparing: run wharf under --cpu-prof for the push and manifest-GET
+                       phases and print the top self-time functions (profiles kept in DIR)
+`;
+
+export function parseOptions(argv: string[]): Options {
+  const opts: Options = {
+    quick: false,
+    rounds: 6,
+    bigBytes: 1024 * MiB,
+    chunkBytes: 16 * MiB,
+    smallBytes: MiB,
+    smallClients: 32,
+    smallSeconds: 6,
+    connections: 64,
+    loadSeconds: 6,
+    wrkThreads: 2,
+    logMode: 'info',
+    distributionCache: true,
+    keep: false,
+    wharfEnv: {},
+  };
+  const explicit = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const value = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new BenchError(`${arg} needs a value`);
+      return v;
+    };
+    const int = (): number => {
+      const v = Number(value());
+      if (!Number.isInteger(v) || v <= 0) throw new BenchError(`${arg}: expected a positive integer`);
+      return v;
+    };
+    explicit.add(arg);
+    switch (arg) {
+      case '--quick':
+        opts.quick = true;
+        break;
+      case '--rounds':
+        opts.rounds = int();
+        break;
+      case '--size':
+        opts.bigBytes = int() * MiB;
+        break;
+      case '--seconds':
+        opts.loadSeconds = opts.smallSeconds = int();
+        break;
+      case '--wrk-threads':
+        opts.wrkThreads = int();
+        break;
+      case '--log': {
+        const v = value();
+        if (v !== 'info' && v !== 'warn') throw new BenchError('--log: info or warn');
+        opts.logMode = v;
+        break;
+      }
+      case '--no-dist-cache':
+        opts.distributionCache = false;
+        break;
+      case '--dir':
+        opts.dir = value();
+        break;
+      case '--keep':
+        opts.keep = true;
+        break;
+      case '--json':
+        opts.json = value();
+        break;
+      case '--profile':
+        opts.profile = value();
+        break;
+      case '--wharf-entry':
+        opts.wharfEntry = value();
+        break;
+      case '--wharf-env': {
+        const v = value();
+        const eq = v.indexOf('=');
+        if (eq <= 0) throw new BenchError('--wharf-env: NAME=VALUE');
+        opts.wharfEnv[v.slice(0, eq)] = v.slice(eq + 1);
+        break;
+      }
+      case '--help':
+      case '-h':
+        process.stdout.write(USAGE);
+        process.exit(0);
+        break;
+      default:
+        throw new BenchError(`unknown option ${arg}\n\n${USAGE}`);
+    }
+  }
+  if (opts.quick) {
+    if (!explicit.has('--size')) opts.bigBytes = 256 * MiB;
+    if (!explicit.has('--rounds')) opts.rounds = 2;
+    if (!explicit.has('--seconds')) {
+      opts.loadSeconds = 2;
+      opts.smallSeconds = 1;
+    }
+  }
+  return opts;
+}
+
+const say = (text: string): void => {
+  process.stderr.write(`${text}\n`);
+};
+
+const hr = (): bigint => process.hrtime.bigint();
+const benchStarted = Date.now();
+const stamp = (): string => `${((Date.now() - benchStarted) / 1000).toFixed(0).padStart(4)}s`;
+
+/** Flushes dirty pages so that no phase pays for the previous one's writes. */
+function syncDisk(): void {
+  spawnSync('sync');
+}
+
+const sizeLabel = (bytes: number): string => (bytes >= 1 << 30 ? `${bytes / (1 << 30)} GiB` : `${bytes / MiB} MiB`);
+const mb = (bytes: number): string => `${(bytes / MB).toFixed(0)} MB`;
+
+/**
+ * Memory temperature. This kind of VM (Firecracker, free page reporting) hands memory
+ * freed in the guest back to the host about 2 s later; touching it again costs a host
+ * page fault per page: writing new data into the page cache runs at ~0.3-0.7 GB/s on
+ * such "cold" memory and ~3 GB/s on memory freed a moment ago. A phase that happens to
+ * follow a deletion would be several times faster than one that does not. So nothing
+ * is deleted during a round (each round's blobs, limit files and logs are removed at
+ * its end) and each round starts COOL_DOWN after that: every write phase of every
+ * contestant meets cold memory.
+ */
+const COOL_DOWN_NS = 4_000_000_000n;
+let lastFree = 0n;
+
+async function coolDown(): Promise<void> {
+  const wait = lastFree + COOL_DOWN_NS - hr();
+  if (wait > 0n) await new Promise((r) => setTimeout(r, Number(wait / 1_000_000n)));
+}
+
+/** Files and blobs a round wrote, removed together at its end. */
+class Garbage {
+  private readonly paths: string[] = [];
+  private readonly blobs: { dataDir: string; digest: string }[] = [];
+
+  file(path: string): void {
+    this.paths.push(path);
+  }
+
+  blob(server: RunningServer, digest: string): void {
+    this.blobs.push({ dataDir: server.dataDir, digest });
+  }
+
+  async collect(servers: RunningServer[]): Promise<void> {
+    // Blobs are removed behind the servers' backs: their digests are never asked for again.
+    const targets = [
+      ...this.paths,
+      ...this.blobs.map(({ dataDir, digest }) => {
+        const hex = digest.slice('sha256:'.length);
+        return join(dataDir, 'docker/registry/v2/blobs/sha256', hex.slice(0, 2), hex);
+      }),
+    ];
+    this.paths.length = 0;
+    this.blobs.length = 0;
+    for (let i = 0; i < targets.length; i += 64) {
+      await Promise.all(targets.slice(i, i + 64).map((t) => rm(t, { recursive: true, force: true })));
+    }
+    for (const server of servers) server.truncateLog();
+    lastFree = hr();
+  }
+}
+
+interface Context {
+  opts: Options;
+  workDir: string;
+  blob: BigBlob;
+  small: SmallBlobs;
+  servers: Record<ServerKind, RunningServer>;
+  trivial: TrivialServer;
+  image: PushedImage;
+  samples: Samples;
+  /** Usage per phase and server, one entry per round. */
+  usage: Map<string, PhaseUsage[]>;
+  garbage: Garbage;
+}
+
+const KINDS: ServerKind[] = ['wharf', 'distribution'];
+const MANIFEST_PATH = '/v2/bench/app/manifests/latest';
+
+/** Runs `fn` against one server with its memory and CPU watched; records the usage. */
+async function phase<T>(ctx: Context, server: RunningServer, name: string, fn: () => Promise<T>): Promise<{ value: T; secs: number; usage: PhaseUsage }> {
+  syncDisk();
+  const monitor = new PhaseMonitor(server.pid);
+  const t0 = hr();
+  let value: T;
+  try {
+    value = await fn();
+  } catch (err) {
+    monitor.stop();
+    throw err;
+  }
+  const secs = seconds(t0);
+  const usage = monitor.stop();
+  const key = `${name}/${server.kind}`;
+  const list = ctx.usage.get(key);
+  if (list) list.push(usage);
+  else ctx.usage.set(key, [usage]);
+  return { value, secs, usage };
+}
+
+function note(round: string, figure: string, who: string, value: string, usage?: PhaseUsage): void {
+  const extra = usage ? `   (peak RSS ${mb(usage.peakRss)}, CPU ${usage.cpuSeconds.toFixed(2)} s)` : '';
+  say(`${stamp()} ${round} ${figure.padEnd(31)} ${who.padEnd(12)} ${value}${extra}`);
+}
+
+const loadFigure = (ctx: Context, figure: 'get' | 'head', base: string, path: string, secs: number): Promise<LoadResult> =>
+  figure === 'get'
+    ? wrk({ url: `${base}${path}`, threads: ctx.opts.wrkThreads, connections: ctx.opts.connections, durationSeconds: secs, headers: { Accept: OCI_MANIFEST } })
+    : abHead({
+        url: `${base}${path}`,
+        connections: ctx.opts.connections,
+        durationSeconds: secs,
+        headers: { Accept: OCI_MANIFEST },
+        csvPath: join(ctx.workDir, 'ab-percentiles.csv'),
+      });
+
+/** Disk write and the in-process hash+write pipeline, on cold memory like the pushes. */
+async function writeLimits(ctx: Context, round: number, tag: string): Promise<void> {
+  const { blob, samples, garbage } = ctx;
+  syncDisk();
+  const diskPath = join(ctx.workDir, `disk-write-${round}.bin`);
+  garbage.file(diskPath);
+  const disk = await diskWrite(diskPath, blob.size);
+  samples.add('limit/disk-buffered', disk.buffered);
+  samples.add('limit/disk-synced', disk.synced);
+  note(tag, 'limit: disk write', 'node', `${disk.buffered.toFixed(0)} MB/s into the page cache, ${disk.synced.toFixed(0)} MB/s incl. fsync`);
+  syncDisk();
+  const hwPath = join(ctx.workDir, `hash-write-${round}.bin`);
+  garbage.file(hwPath);
+  const hw = await hashWrite(hwPath, blob);
+  samples.add('limit/hash-write', hw);
+  note(tag, 'limit: hash+write pipeline', 'node', `${hw.toFixed(0)} MB/s`);
+}
+
+async function runRound(ctx: Context, round: number): Promise<void> {
+  const { opts, blob, samples, servers, trivial, garbage } = ctx;
+  const order: ServerKind[] = round % 2 === 0 ? ['wharf', 'distribution'] : ['distribution', 'wharf'];
+  const tag = `[round ${round + 1}/${opts.rounds}]`;
+  const label = sizeLabel(blob.size);
+
+  // Quick mode measures the physical limits in its first round only (time).
+  const limits = !opts.quick || round === 0;
+
+  const background = await backgroundCores(opts.quick ? 300 : 1000, cpus().length);
+  samples.add('env/background-cores', background);
+  note(tag, 'machine: background CPU', 'other', `${background.toFixed(2)} cores busy while the bench idles`);
+
+  // First what writes (almost) nothing, while the previous round's frees cool down.
+  // Manifest GET by tag (wrk) and HEAD by tag (ab), 64 keep-alive connections.
+  for (const figure of ['get', 'head'] as const) {
+    for (const kind of order) {
+      const server = servers[kind];
+      await checkManifest(server.base, 'bench/app', 'latest', ctx.image);
+      const { value, usage } = await phase(ctx, server, figure, () => loadFigure(ctx, figure, server.base, MANIFEST_PATH, opts.loadSeconds));
+      samples.add(`${figure}-rps/${kind}`, value.reqPerSec);
+      samples.add(`${figure}-p99/${kind}`, value.p99);
+      note(tag, `manifest ${figure.toUpperCase()} by tag`, server.label, `${value.reqPerSec.toFixed(0)} req/s, p50 ${value.p50.toFixed(2)} ms, p99 ${value.p99.toFixed(2)} ms`, usage);
+    }
+    if (!limits) continue;
+    const limit = await loadFigure(ctx, figure, trivial.base, '/json', opts.loadSeconds);
+    samples.add(`limit/${figure}-rps`, limit.reqPerSec);
+    samples.add(`limit/${figure}-p99`, limit.p99);
+    note(tag, `limit: node:http JSON ${figure.toUpperCase()}`, 'trivial', `${limit.reqPerSec.toFixed(0)} req/s, p50 ${limit.p50.toFixed(2)} ms, p99 ${limit.p99.toFixed(2)} ms`);
+  }
+  if (limits) {
+    const sha = sha256Speed(opts.quick ? 256 * MiB : 768 * MiB);
+    samples.add('limit/sha256', sha);
+    note(tag, 'limit: SHA-256', 'node', `${sha.toFixed(0)} MB/s`);
+  }
+
+  // Then everything that writes blobs, on cold memory.
+  await coolDown();
+  if (limits) await writeLimits(ctx, round, tag);
+
+  // Push, monolithic: POST then PUT ?digest= with the whole body.
+  const pushed = new Map<ServerKind, BlobVariant>();
+  for (const kind of order) {
+    const server = servers[kind];
+    const v = blob.variant();
+    garbage.blob(server, v.digest);
+    const { secs, usage } = await phase(ctx, server, 'push-mono', () => pushMonolithic(server.base, 'bench/big', v.digest, v.size, blob.body(v)));
+    await checkBlob(server.base, 'bench/big', v);
+    pushed.set(kind, v);
+    samples.add(`push-mono/${kind}`, v.size / MB / secs);
+    note(tag, `push ${label} monolithic`, server.label, `${(v.size / MB / secs).toFixed(0)} MB/s`, usage);
+  }
+  if (limits) {
+    syncDisk();
+    const v = blob.variant();
+    const t0 = hr();
+    const reply = await send({ method: 'PUT', base: trivial.base, url: '/upload', headers: { 'Content-Length': v.size }, body: blob.body(v) });
+    const secs = seconds(t0);
+    expectStatus(reply, 201, 'trivial server PUT /upload');
+    garbage.file(String(reply.headers['x-path']));
+    if (reply.headers['docker-content-digest'] !== v.digest) throw new BenchError('trivial server: wrong digest');
+    samples.add('limit/http-push', v.size / MB / secs);
+    note(tag, 'limit: node:http PUT hash+write', 'trivial', `${(v.size / MB / secs).toFixed(0)} MB/s`);
+  }
+
+  // Push, chunked: PATCH 16 MiB pieces with Content-Range, then PUT ?digest=.
+  for (const kind of order) {
+    const server = servers[kind];
+    const v = blob.variant();
+    garbage.blob(server, v.digest);
+    const { secs, usage } = await phase(ctx, server, 'push-chunked', () => pushChunked(server.base, 'bench/big', blob, v, opts.chunkBytes));
+    await checkBlob(server.base, 'bench/big', v);
+    samples.add(`push-chunked/${kind}`, v.size / MB / secs);
+    note(tag, `push ${label} chunked`, server.label, `${(v.size / MB / secs).toFixed(0)} MB/s`, usage);
+  }
+
+  // Pull of the monolithic blob, the client hashing every byte.
+  for (const kind of order) {
+    const server = servers[kind];
+    const v = pushed.get(kind)!;
+    const { secs, usage } = await phase(ctx, server, 'pull', () => pullVerified(server.base, 'bench/big', v));
+    samples.add(`pull/${kind}`, v.size / MB / secs);
+    note(tag, `pull ${label} + verify`, server.label, `${(v.size / MB / secs).toFixed(0)} MB/s`, usage);
+  }
+  if (limits) {
+    syncDisk();
+    const v = await blob.fileVariant();
+    const t0 = hr();
+    await pullVerified(trivial.base, '', v, '/file');
+    const secs = seconds(t0);
+    samples.add('limit/http-pull', v.size / MB / secs);
+    note(tag, 'limit: node:http file + verify', 'trivial', `${(v.size / MB / secs).toFixed(0)} MB/s`);
+  }
+
+  // Small blobs: 32 clients, each pushing 1 MiB blobs (POST + PUT) for a fixed time.
+  for (const kind of order) {
+    const server = servers[kind];
+    const { value, usage } = await phase(ctx, server, 'small', () => pushSmallFor(server.base, ctx.small, opts.smallClients, opts.smallSeconds));
+    for (const d of value.digests) garbage.blob(server, d);
+    samples.add(`small/${kind}`, value.perSecond);
+    note(tag, `push ${opts.smallClients}x ${sizeLabel(opts.smallBytes)} blobs`, server.label, `${value.perSecond.toFixed(0)} blobs/s (${value.digests.length})`, usage);
+  }
+
+  await garbage.collect(Object.values(servers));
+}
+
+/** `clients` concurrent clients pushing small blobs until `secs` have passed. */
+async function pushSmallFor(base: string, small: SmallBlobs, clients: number, secs: number): Promise<{ perSecond: number; digests: string[] }> {
+  const digests: string[] = [];
+  const t0 = hr();
+  const deadline = t0 + BigInt(Math.round(secs * 1e9));
+  const client = async (): Promise<void> => {
+    while (hr() < deadline) digests.push(await pushSmall(base, 'bench/small', small));
+  };
+  await Promise.all(Array.from({ length: clients }, client));
+  return { perSecond: digests.length / seconds(t0), digests };
+}
+
+/** Not recorded: lets each server (and V8's JIT) reach its steady state before round 1. */
+async function warmUp(ctx: Context): Promise<void> {
+  const { opts, servers, trivial } = ctx;
+  for (const kind of KINDS) {
+    const server = servers[kind];
+    for (const d of (await pushSmallFor(server.base, ctx.small, opts.smallClients, opts.quick ? 0.5 : 1)).digests) ctx.garbage.blob(server, d);
+    // A fresh Node process answers its first seconds of load with a p99 of several hundred ms (JIT
+    // warm-up: seen with a tsc build too); 3 s of GET load gets past it.
+    await loadFigure(ctx, 'get', server.base, MANIFEST_PATH, opts.quick ? 1 : 3);
+    if (!opts.quick) await loadFigure(ctx, 'head', server.base, MANIFEST_PATH, 1);
+    server.truncateLog();
+  }
+  await loadFigure(ctx, 'get', trivial.base, '/json', 1);
+  // The warm-up's blobs go with round 1's garbage: deleting them now would make round 1 wait for a cool-down.
+}
+
+interface Summary {
+  rows: Row[];
+  limits: LimitRow[];
+  met: number;
+  total: number;
+  missed: string[];
+}
+
+function summarize(ctx: Context, idle: Record<'start' | 'end', Record<ServerKind, number>>): Summary {
+  const { samples, opts, blob } = ctx;
+  const m = (key: string): number => samples.median(key);
+  const both = (figure: string): { wharf: number; distribution: number; spread: number } => ({
+    wharf: m(`${figure}/wharf`),
+    distribution: m(`${figure}/distribution`),
+    spread: Math.max(spread(samples.get(`${figure}/wharf`)), spread(samples.get(`${figure}/distribution`))),
+  });
+  const ratio = (figure: string): number => m(`${figure}/wharf`) / m(`${figure}/distribution`);
+  const atLeast = (figure: string, x: number): { text: string; met: boolean } => ({ text: `>= ${x.toFixed(1)}x`, met: ratio(figure) >= x });
+  const atMost = (figure: string, x: number): { text: string; met: boolean } => ({ text: `<= ${x.toFixed(1)}x`, met: ratio(figure) <= x });
+  const hashWriteLimit = m('limit/hash-write');
+  const pushTarget = (figure: string): { text: string; met: boolean } => ({
+    text: '>= 2.0x, >= 60% of hash+write',
+    met: ratio(figure) >= 2 && m(`${figure}/wharf`) >= 0.6 * hashWriteLimit,
+  });
+  const peak = (figure: string, kind: ServerKind): number => Math.max(...(ctx.usage.get(`${figure}/${kind}`) ?? []).map((u) => u.peakRss)) / MB;
+  const growth = (figure: string, kind: ServerKind): number =>
+    Math.max(...(ctx.usage.get(`${figure}/${kind}`) ?? []).map((u) => u.peakRss - u.startRss)) / MB;
+  const cpu = (figure: string, kind: ServerKind): number => median((ctx.usage.get(`${figure}/${kind}`) ?? []).map((u) => u.cpuSeconds));
+  const label = sizeLabel(blob.size);
+  const mirror = 'n/a: mirror not built yet';
+
+  const rows: Row[] = [
+    { figure: `Push ${label} monolithic (POST+PUT)`, unit: 'MB/s', ...both('push-mono'), limit: hashWriteLimit, target: pushTarget('push-mono') },
+    { figure: `Push ${label} chunked (${sizeLabel(opts.chunkBytes)} PATCH)`, unit: 'MB/s', ...both('push-chunked'), limit: hashWriteLimit, target: pushTarget('push-chunked') },
+    { figure: `Pull ${label}, client verifies SHA-256`, unit: 'MB/s', ...both('pull'), limit: m('limit/http-pull'), target: atLeast('pull', 1.2) },
+    { figure: `Push ${sizeLabel(opts.smallBytes)} blobs, ${opts.smallClients} clients`, unit: 'blobs/s', ...both('small'), target: atLeast('small', 1.5) },
+    { figure: `Manifest GET by tag, ${opts.connections} conns (wrk)`, unit: 'req/s', ...both('get-rps'), limit: m('limit/get-rps'), target: atLeast('get-rps', 5) },
+    { figure: 'Manifest GET by tag, p99', unit: 'ms', ...both('get-p99'), limit: m('limit/get-p99'), digits: 2, target: atMost('get-p99', 0.2) },
+    { figure: `Manifest HEAD by tag, ${opts.connections} conns (ab)`, unit: 'req/s', ...both('head-rps'), limit: m('limit/head-rps'), target: atLeast('head-rps', 5) },
+    { figure: 'Manifest HEAD by tag, p99', unit: 'ms', ...both('head-p99'), limit: m('limit/head-p99'), digits: 2, target: atMost('head-p99', 0.2) },
+  ];
+  const phases: [string, string][] = [
+    ['push-mono', `push ${label} monolithic`],
+    ['push-chunked', `push ${label} chunked`],
+    ['pull', `pull ${label}`],
+    ['small', `small-blob pushes`],
+    ['get', 'manifest GET'],
+    ['head', 'manifest HEAD'],
+  ];
+  for (const [key, name] of phases) {
+    const row: Row = { figure: `Peak RSS, ${name}`, unit: 'MB', wharf: peak(key, 'wharf'), distribution: peak(key, 'distribution') };
+    if (key === 'push-mono' || key === 'push-chunked') row.target = { text: 'wharf <= 120 MB', met: row.wharf! <= 120 };
+    rows.push(row);
+    if (key === 'push-mono' || key === 'push-chunked') {
+      rows.push({ figure: `  RSS growth in ${name} (peak - start)`, unit: 'MB', wharf: growth(key, 'wharf'), distribution: growth(key, 'distribution'), noRatio: true });
+    }
+  }
+  for (const [key, name] of phases) {
+    rows.push({ figure: `CPU seconds, ${name}`, unit: 's', wharf: cpu(key, 'wharf'), distribution: cpu(key, 'distribution'), digits: 2 });
+  }
+  rows.push(
+    { figure: 'Idle RSS after start-up', unit: 'MB', wharf: idle.start.wharf / MB, distribution: idle.start.distribution / MB, target: { text: 'wharf <= 80 MB', met: idle.start.wharf / MB <= 80 } },
+    { figure: 'Idle RSS after the run', unit: 'MB', wharf: idle.end.wharf / MB, distribution: idle.end.distribution / MB, target: { text: 'wharf <= 80 MB', met: idle.end.wharf / MB <= 80 } },
+    { figure: 'Mirror: cold pull through', unit: '', note: mirror },
+    { figure: 'Mirror: warm pull (cached)', unit: '', note: mirror },
+  );
+
+  const lim = (name: string, key: string, unit: string, digits = 0): LimitRow => ({ name, unit, value: m(key), spread: spread(samples.get(key)), digits });
+  const limits: LimitRow[] = [
+    lim('SHA-256, node crypto, 1 MiB updates', 'limit/sha256', 'MB/s'),
+    lim(`Disk write ${label}, 16 MiB writes, into page cache`, 'limit/disk-buffered', 'MB/s'),
+    lim(`Disk write ${label}, 16 MiB writes, incl. fsync`, 'limit/disk-synced', 'MB/s'),
+    lim('Node hash+write limit: file -> sha256 -> file, 1 process', 'limit/hash-write', 'MB/s'),
+    lim('node:http PUT: receive -> sha256 -> file', 'limit/http-push', 'MB/s'),
+    lim('node:http GET file, client verifies SHA-256 (pull limit)', 'limit/http-pull', 'MB/s'),
+    lim(`node:http small JSON, wrk GET, ${opts.connections} conns (req/s limit)`, 'limit/get-rps', 'req/s'),
+    lim('node:http small JSON, wrk GET, p99', 'limit/get-p99', 'ms', 2),
+    lim(`node:http small JSON, ab HEAD, ${opts.connections} conns`, 'limit/head-rps', 'req/s'),
+    lim('node:http small JSON, ab HEAD, p99', 'limit/head-p99', 'ms', 2),
+  ];
+  const targeted = rows.filter((r) => r.target && !r.note);
+  const missed = targeted.filter((r) => !r.target!.met).map((r) => r.figure);
+  return { rows, limits, met: targeted.length - missed.length, total: targeted.length, missed };
+}
+
+async function compare(opts: Options, workDir: string): Promise<number> {
+  const started = Date.now();
+  say(`wharf bench: work directory ${workDir}`);
+  say(`${stamp()} generating ${sizeLabel(opts.bigBytes)} of random data...`);
+  const blob = await BigBlob.create(join(workDir, 'big.bin'), opts.bigBytes);
+  const small = new SmallBlobs(opts.smallBytes);
+  const servers = {} as Record<ServerKind, RunningServer>;
+  let trivial: TrivialServer | undefined;
+  const ctx: Partial<Context> = { opts, workDir, blob, small, servers, samples: new Samples(), usage: new Map(), garbage: new Garbage() };
+  try {
+    for (const kind of KINDS) {
+      servers[kind] = await startServer(kind, {
+        workDir,
+        log: { mode: opts.logMode },
+        distributionCache: opts.distributionCache,
+        wharfEntry: opts.wharfEntry,
+        wharfEnv: opts.wharfEnv,
+      });
+      say(`${stamp()} ${servers[kind].label} listening on ${servers[kind].base} (pid ${servers[kind].pid})`);
+    }
+    let image: PushedImage | undefined;
+    for (const kind of KINDS) {
+      const pushed = await pushImage(servers[kind].base, 'bench/app', 'latest');
+      if (image && !pushed.manifest.equals(image.manifest)) throw new BenchError('the two registries got different manifests');
+      image = pushed;
+      await checkManifest(servers[kind].base, 'bench/app', 'latest', pushed);
+    }
+    ctx.image = image!;
+    await new Promise((r) => setTimeout(r, 500));
+    const idleStart = { wharf: readMemory(servers.wharf.pid).rss, distribution: readMemory(servers.distribution.pid).rss };
+    trivial = await startTrivialServer(workDir, blob, image!.manifest);
+    ctx.trivial = trivial;
+    const full = ctx as Context;
+    say(`${stamp()} warming up (not recorded)...`);
+    await warmUp(full);
+    for (let round = 0; round < opts.rounds; round++) await runRound(full, round);
+    agent.destroy();
+    await new Promise((r) => setTimeout(r, opts.quick ? 1000 : 3000));
+    const idleEnd = { wharf: readMemory(servers.wharf.pid).rss, distribution: readMemory(servers.distribution.pid).rss };
+    const summary = summarize(full, { start: idleStart, end: idleEnd });
+    const elapsed = (Date.now() - started) / 1000;
+    printReport(full, summary, elapsed);
+    if (opts.json || opts.keep) {
+      const json = JSON.stringify({ options: opts, samples: full.samples, usage: Object.fromEntries(full.usage), idle: { start: idleStart, end: idleEnd }, summary }, null, 2);
+      const path = opts.json ?? join(workDir, 'results.json');
+      await writeFile(path, json);
+      say(`raw results: ${path}`);
+    }
+    return 0;
+  } catch (err) {
+    say(`\nABORTED: ${(err as Error).stack ?? String(err)}`);
+    for (const server of Object.values(servers)) say(`\n--- last lines of ${server.label}'s log (${server.logPath}) ---\n${server.logTail(15)}`);
+    return 1;
+  } finally {
+    agent.destroy();
+    await trivial?.stop();
+    for (const server of Object.values(servers)) await server.stop();
+  }
+}
+
+/** The commit under test, and whether server code differs from it. */
+function wharfRevision(): string {
+  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).stdout.trim();
+  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'server', 'storage', 'auth', 'mirror', 'bin', 'package.json'], { cwd: REPO_ROOT, encoding: 'utf8' }).stdout.trim();
+  return head ? `${head}${dirty ? ' + uncommitted changes' : ''}` : 'unknown';
+}
+
+function distributionVersion(): string {
+  const out = spawnSync('/usr/bin/docker-registry', ['--version'], { encoding: 'utf8' });
+  return (out.stdout || '').trim().split(/\s+/).pop() ?? 'unknown';
+}
+
+const fmtMedian = (ctx: Context, key: string): string => ctx.samples.median(key).toFixed(2);
+const fmtMax = (ctx: Context, key: string): string => ctx.samples.max(key).toFixed(2);
+
+function printReport(ctx: Context, summary: Summary, elapsed: number): void {
+  const { opts, blob } = ctx;
+  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  const lines = [
+    '',
+    `wharf ${wharfRevision()} vs CNCF Distribution ${distributionVersion()} -- ${opts.quick ? 'QUICK mode' : 'full mode'}, ${opts.rounds} rounds (order alternating), ${elapsed.toFixed(0)} s`,
+    `machine: ${cpus().length} x ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, node ${process.version}, wrk -t${opts.wrkThreads}, ab (HEAD)`,
+    `large blob ${sizeLabel(blob.size)}${opts.quick ? ' (quick mode: not 1 GiB)' : ''}; load phases ${opts.loadSeconds} s; logs: ${opts.logMode === 'info' ? 'info + access log on, both' : 'warn, access log off, both'}; Distribution blob descriptor cache: ${opts.distributionCache ? 'inmemory' : 'off'}`,
+    `background load from other processes (idle moments, per round): median ${fmtMedian(ctx, 'env/background-cores')} cores, max ${fmtMax(ctx, 'env/background-cores')} cores of ${cpus().length}`,
+    'values: median over rounds (peak RSS: max); ratio = wharf/Distribution; spread = (max-min)/median over rounds; MB = 10^6 bytes',
+    'page cache not dropped: pulls read the blob just written from memory; sync before every phase; every write phase meets cold memory (see README)',
+    ...(opts.wharfEntry || Object.keys(opts.wharfEnv).length
+      ? [`wharf started as: ${Object.entries(opts.wharfEnv).map(([k, v]) => `${k}=${v} `).join('')}node ${opts.wharfEntry ?? 'bin/wharf.js'} serve`]
+      : []),
+    '',
+    renderFigures(summary.rows),
+    '',
+    renderLimits(summary.limits),
+    '',
+  ];
+  process.stdout.write(lines.join('\n'));
+  const missed = summary.missed.length ? `; missed: ${summary.missed.join('; ')}` : '';
+  process.stdout.write(`SUMMARY: wharf met ${summary.met} of ${summary.total} targets vs Distribution (${opts.quick ? 'quick' : 'full'} run)${missed}\n`);
+}
+
+async function main(): Promise<number> {
+  const opts = parseOptions(process.argv.slice(2));
+  for (const tool of ['wrk', 'ab']) {
+    if (spawnSync('which', [tool]).status !== 0) throw new BenchError(`${tool} not found (apt-get install ${tool === 'ab' ? 'apache2-utils' : 'wrk'})`);
+  }
+  const ownDir = opts.dir === undefined;
+  const workDir = opts.dir ?? (await mkdtemp('/var/tmp/wharf-bench-'));
+  try {
+    if (opts.profile) return await profileWharf(opts, workDir);
+    return await compare(opts, workDir);
+  } finally {
+    if (ownDir && !opts.keep) await rm(workDir, { recursive: true, force: true });
+    else if (opts.keep) say(`kept ${workDir}: ${(await readdir(workDir)).join(', ')}`);
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    say(err instanceof BenchError ? `bench: ${err.message}` : `bench: ${(err as Error).stack ?? String(err)}`);
+    process.exit(1);
+  },
+);
