@@ -13,7 +13,9 @@ export interface BlobStoreOptions {
 }
 
 export class BlobStore {
-  private readonly sizes = new LRUCache<string, number>({ max: 500_000 });
+  // lru-cache allocates its index arrays for `max` entries up front (~30 bytes each), so
+  // the bounds are sized for the hot set, not the whole registry.
+  private readonly sizes = new LRUCache<string, number>({ max: 100_000 });
   private readonly contents: LRUCache<string, Buffer>;
 
   constructor(

@@ -14,7 +14,7 @@ export class LinkStore {
     private readonly driver: StorageDriver,
     ttlMs: number,
   ) {
-    this.cache = ttlMs > 0 ? new LRUCache<string, Digest>({ max: 200_000, ttl: ttlMs }) : undefined;
+    this.cache = ttlMs > 0 ? new LRUCache<string, Digest>({ max: 50_000, ttl: ttlMs }) : undefined;
   }
 
   /** The digest in a link file, or undefined when there is no such link (or it is corrupt). */

@@ -19,7 +19,7 @@ import type { ManifestContent, PutManifestResult } from './repository.js';
 
 export class ManifestStore {
   /** Parsed manifests by digest: immutable, so cached without expiry. */
-  private readonly parsed = new LRUCache<string, ParsedManifest>({ max: 50_000 });
+  private readonly parsed = new LRUCache<string, ParsedManifest>({ max: 10_000 });
   /**
    * Manifest writes and deletes of one repository run one at a time: a delete by digest
    * interleaved with a PUT of the same manifest under a tag could otherwise remove the
