@@ -32,15 +32,16 @@ const unsatisfiable = (size: number): RegistryError =>
 
 /**
  * `Content-Range: <start>-<end>` of an upload chunk (inclusive end). Also accepts the
- * HTTP form `bytes <start>-<end>/<total|*>` some clients send. Throws RANGE_INVALID.
+ * HTTP form `bytes <start>-<end>/<total|*>` some clients send. Returns 'invalid' for a
+ * malformed header: the caller answers it with the upload's current Range.
  */
-export function parseContentRange(header: string | undefined, uploadSize: number): { start: number; length: number } | undefined {
+export function parseContentRange(header: string | undefined): { start: number; length: number } | 'invalid' | undefined {
   if (header === undefined || header === '') return undefined;
   const match = /^(?:bytes[ =])?(\d+)-(\d+)(?:\/(?:\d+|\*))?$/.exec(header.trim());
   const start = match ? Number(match[1]) : NaN;
   const end = match ? Number(match[2]) : NaN;
   if (!match || !Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start) {
-    throw new RegistryError('RANGE_INVALID', `invalid Content-Range ${JSON.stringify(header.slice(0, 100))}`, { size: uploadSize });
+    return 'invalid';
   }
   return { start, length: end - start + 1 };
 }

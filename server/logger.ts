@@ -33,7 +33,7 @@ export function requestLogging(logger: Logger, accessLog: boolean) {
             method: ctx.method,
             path: ctx.path,
             status: ctx.res.statusCode,
-            bytesIn: ctx.req.socket ? Number(ctx.get('Content-Length') || 0) : 0,
+            bytesIn: Number(ctx.get('Content-Length') || 0),
             bytesOut: Number(ctx.res.getHeader('Content-Length') ?? 0),
             ms: Number(process.hrtime.bigint() - started) / 1e6,
             aborted: !ctx.res.writableFinished,

@@ -1,5 +1,6 @@
 // The registry on a storage driver: repositories whose blobs, uploads, manifests, tags
 // and referrers live in Distribution's layout (see paths.ts).
+import { LRUCache } from 'lru-cache';
 import { isPathNotFound, type StorageDriver } from './driver.js';
 import type { Digest } from './digest.js';
 import { RegistryError } from './errors.js';
@@ -36,6 +37,7 @@ export class LocalRegistry implements Registry {
   readonly manifestStore: ManifestStore;
   readonly uploadStore: UploadStore;
   readonly deleteEnabled: boolean;
+  private readonly repositories = new LRUCache<string, LocalRepository>({ max: 1000 });
 
   constructor(
     readonly driver: StorageDriver,
@@ -49,8 +51,14 @@ export class LocalRegistry implements Registry {
   }
 
   repository(name: string): LocalRepository {
-    assertRepositoryName(name);
-    return new LocalRepository(this, name);
+    // Repositories hold no state of their own, so one object per name serves every request.
+    let repository = this.repositories.get(name);
+    if (!repository) {
+      assertRepositoryName(name);
+      repository = new LocalRepository(this, name);
+      this.repositories.set(name, repository);
+    }
+    return repository;
   }
 
   async catalog(limit: number, last?: string): Promise<string[]> {

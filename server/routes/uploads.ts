@@ -99,16 +99,17 @@ function bodyLength(ctx: Context): number | undefined {
   return Number(header);
 }
 
-/** The chunk a PATCH or PUT declares: its start from Content-Range, its length from either header. */
+/**
+ * The chunk a PATCH or PUT declares: its start from Content-Range, its length from either
+ * header. The upload's size is read only to answer a bad header with the current Range.
+ */
 async function chunkOf(ctx: Context, repo: Repository, id: string): Promise<{ start?: number; length?: number }> {
   const length = bodyLength(ctx);
   const header = ctx.get('Content-Range') || undefined;
-  if (header === undefined) return { length };
-  const range = parseContentRange(header, (await repo.uploads.status(id)).size);
-  if (range && length !== undefined && length !== range.length) {
-    throw new RegistryError('RANGE_INVALID', 'Content-Range and Content-Length disagree', {
-      size: (await repo.uploads.status(id)).size,
-    });
+  const range = parseContentRange(header);
+  if (range === 'invalid' || (range && length !== undefined && length !== range.length)) {
+    const message = range === 'invalid' ? `invalid Content-Range ${JSON.stringify(header!.slice(0, 100))}` : 'Content-Range and Content-Length disagree';
+    throw new RegistryError('RANGE_INVALID', message, { size: (await repo.uploads.status(id)).size });
   }
   return range ?? { length };
 }

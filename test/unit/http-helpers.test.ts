@@ -18,10 +18,10 @@ describe('Range', () => {
     expect(() => parseRange('bytes=-0', 10)).toThrow(/not satisfiable/);
   });
   it('parses upload Content-Range', () => {
-    expect(parseContentRange('0-99', 0)).toEqual({ start: 0, length: 100 });
-    expect(parseContentRange('bytes 100-199/*', 0)).toEqual({ start: 100, length: 100 });
-    expect(() => parseContentRange('9-1', 0)).toThrow();
-    expect(() => parseContentRange('abc', 0)).toThrow();
+    expect(parseContentRange('0-99')).toEqual({ start: 0, length: 100 });
+    expect(parseContentRange('bytes 100-199/*')).toEqual({ start: 100, length: 100 });
+    expect(parseContentRange('9-1')).toBe('invalid');
+    expect(parseContentRange('abc')).toBe('invalid');
     expect(uploadRange(0)).toBe('0-0');
     expect(uploadRange(100)).toBe('0-99');
   });
