@@ -4,6 +4,7 @@
 // bench/README.md for the method and what each figure means.
 import { spawnSync } from 'node:child_process';
 import { cpus, totalmem } from 'node:os';
+import { createRequire } from 'node:module';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BigBlob, SmallBlobs, type BlobVariant } from './data.js';
@@ -600,7 +601,7 @@ function printReport(ctx: Context, summary: Summary, elapsed: number): void {
     'values: median over rounds (peak RSS: max); ratio = wharf/Distribution; spread = (max-min)/median over rounds; MB = 10^6 bytes',
     'page cache not dropped: pulls read the blob just written from memory; sync before every phase; every write phase meets cold memory (see README)',
     ...(opts.wharfEntry || Object.keys(opts.wharfEnv).length
-      ? [`wharf started as: ${Object.entries(opts.wharfEnv).map(([k, v]) => `${k}=${v} `).join('')}node ${opts.wharfEntry ?? 'bin/wharf.js'} serve`]
+      ? [`wharf started as: ${Object.entries(opts.wharfEnv).map(([k, v]) => `${k}=${v} `).join('')}${opts.wharfEntry ? `node ${opts.wharfEntry}` : 'bin/wharf.js'} serve`]
       : []),
     '',
     renderFigures(summary.rows),
@@ -618,6 +619,12 @@ async function main(): Promise<number> {
   for (const tool of ['wrk', 'ab']) {
     if (spawnSync('which', [tool]).status !== 0) throw new BenchError(`${tool} not found (apt-get install ${tool === 'ab' ? 'apache2-utils' : 'wrk'})`);
   }
+  // wharf runs as users run it: the compiled build, which must be current.
+  const build = spawnSync(process.execPath, [createRequire(import.meta.url).resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
+    cwd: REPO_ROOT,
+    stdio: 'inherit',
+  });
+  if (build.status !== 0) throw new BenchError('npm run build failed');
   const ownDir = opts.dir === undefined;
   const workDir = opts.dir ?? (await mkdtemp('/var/tmp/wharf-bench-'));
   try {

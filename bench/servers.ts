@@ -1,5 +1,5 @@
-// Starts the two registries under test as child processes: wharf (node bin/wharf.js
-// serve, configured by REGISTRY_* environment variables) and CNCF Distribution
+// Starts the two registries under test as child processes: wharf (bin/wharf.js serve,
+// executed as the `wharf` command is, so with its node flags; configured by REGISTRY_* environment variables) and CNCF Distribution
 // (/usr/bin/docker-registry serve config.yml). Same machine, same filesystem, same log
 // level, no auth. Their logs go to files (never through this process).
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -23,7 +23,7 @@ export interface ServerOptions {
   /** Working directory of this run: the server gets <dir>/<kind>/data and <dir>/<kind>.log. */
   workDir: string;
   log: LogSettings;
-  /** Extra node flags for wharf (e.g. --cpu-prof). */
+  /** Extra node flags for wharf (e.g. --cpu-prof), passed in NODE_OPTIONS. */
   nodeArgs?: string[];
   /** wharf: the script to run instead of bin/wharf.js (e.g. a compiled dist/server/main.js). */
   wharfEntry?: string;
@@ -81,10 +81,14 @@ export async function startServer(kind: ServerKind, options: ServerOptions): Pro
       REGISTRY_LOG_ACCESSLOG_DISABLED: options.log.mode === 'info' ? 'false' : 'true',
       REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED: 'false',
       NODE_ENV: 'production',
+      ...(options.nodeArgs ? { NODE_OPTIONS: options.nodeArgs.join(' ') } : {}),
       ...options.wharfEnv,
     };
     delete env.REGISTRY_CONFIGURATION_PATH;
-    child = spawn(process.execPath, [...(options.nodeArgs ?? []), options.wharfEntry ?? join(REPO_ROOT, 'bin/wharf.js'), 'serve'], {
+    const [command, args] = options.wharfEntry
+      ? [process.execPath, [options.wharfEntry, 'serve']]
+      : [join(REPO_ROOT, 'bin/wharf.js'), ['serve']];
+    child = spawn(command, args, {
       cwd: dir,
       env,
       stdio: ['ignore', logFd, logFd],

@@ -5,7 +5,7 @@ import Koa from 'koa';
 import Router from '@koa/router';
 import { RegistryError } from '../storage/errors.js';
 import { errorMiddleware } from './errors.js';
-import { requestLogging } from './logger.js';
+import { installRequestLogging } from './logger.js';
 import { requireAccess, type AppServices } from './context.js';
 import { blobRoutes } from './routes/blobs.js';
 import { uploadRoutes } from './routes/uploads.js';
@@ -30,7 +30,7 @@ export function createApp(services: AppServices): Koa {
   listingRoutes(router, services);
 
   const extraHeaders = Object.entries(config.http.headers);
-  app.use(requestLogging(services.logger, !config.log.accesslog.disabled));
+  installRequestLogging(app, services.logger, !config.log.accesslog.disabled);
   app.use(async (ctx, next) => {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
     for (const [name, values] of extraHeaders) ctx.set(name, values);

@@ -16,8 +16,16 @@ REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=/var/lib/registry.
 `;
 
 function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  // server/main.ts runs from the sources (tsx) or as dist/server/main.js: one level apart.
+  for (const up of ['../package.json', '../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(up, import.meta.url), 'utf8')) as { name?: string; version: string };
+      if (pkg.name === 'wharf') return pkg.version;
+    } catch {
+      // not at this level
+    }
+  }
+  return 'unknown';
 }
 
 async function main(argv: string[]): Promise<number> {

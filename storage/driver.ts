@@ -69,8 +69,12 @@ export interface StorageDriver {
   /** The whole content of a small file. Throws PathNotFoundError. */
   getContent(path: string): Promise<Buffer>;
 
-  /** Replaces a file's content atomically: readers see the old or the new bytes, never a mix. */
-  putContent(path: string, content: Uint8Array): Promise<void>;
+  /**
+   * Replaces a file's content atomically: readers see the old or the new bytes, never a mix.
+   * The content is durable when the promise resolves, unless `options.durable` is false:
+   * for bookkeeping whose loss in a power cut costs a retry, never data (upload sessions).
+   */
+  putContent(path: string, content: Uint8Array, options?: { durable?: boolean }): Promise<void>;
 
   /**
    * A stream of the file's bytes from `offset` (inclusive) to `end` (exclusive; default: EOF).

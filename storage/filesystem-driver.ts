@@ -8,11 +8,11 @@
 // cut loses the new entry (the client pushes again), it never corrupts one. Cost: about
 // 0.5 ms per small file on this VM's ext4, and for a large blob the wait for the pages
 // that were not yet written back when the upload ended.
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readFile, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
 import {
   checkPath,
   PathNotFoundError,
@@ -24,7 +24,12 @@ import {
 
 /** Read buffer size: large buffers cut per-chunk overhead on multi-GB blobs. */
 const READ_CHUNK = 1 << 20;
-const WRITE_CHUNK = 1 << 20;
+/**
+ * Bytes a writer buffers before it pushes back on its source. Chunks queued during one
+ * write go out in the next writev, so a 512 KiB batch already makes syscalls rare; more
+ * would only hold memory (32 concurrent pushes x 1 MiB stayed allocated in malloc arenas).
+ */
+const WRITE_CHUNK = 512 << 10;
 
 export interface FilesystemDriverOptions {
   rootDirectory: string;
@@ -64,15 +69,14 @@ export class FilesystemDriver implements StorageDriver {
     }
   }
 
-  async putContent(path: string, content: Uint8Array): Promise<void> {
+  async putContent(path: string, content: Uint8Array, options: { durable?: boolean } = {}): Promise<void> {
     const target = this.full(path);
     const temp = tempName(target);
     try {
-      await mkdir(dirname(target), { recursive: true });
-      const handle = await open(temp, 'w');
+      const handle = await inDirectory(temp, () => open(temp, 'w'));
       try {
         await handle.writeFile(content);
-        if (this.fsync) await handle.datasync();
+        if (this.fsync && options.durable !== false) await handle.datasync();
       } finally {
         await handle.close();
       }
@@ -107,28 +111,16 @@ export class FilesystemDriver implements StorageDriver {
 
   async writer(path: string, append: boolean): Promise<FileWriter> {
     const target = this.full(path);
-    let handle;
+    let handle: FileHandle;
     let initial = 0;
     try {
-      await mkdir(dirname(target), { recursive: true });
-      handle = await open(target, append ? 'a' : 'w');
+      handle = await inDirectory(target, () => open(target, append ? 'a' : 'w'));
       if (append) initial = (await handle.stat()).size;
     } catch (err) {
       throw translate(err, path);
     }
-    const stream = createWriteStream('', { fd: handle, highWaterMark: WRITE_CHUNK });
+    const stream = new FileSink(handle, this.fsync ? SYNC_EVERY : 0);
     let settled = false;
-    const closed = new Promise<void>((resolve) => {
-      if (stream.closed) resolve();
-      else stream.once('close', () => resolve());
-    });
-    const finish = async (): Promise<void> => {
-      if (!stream.destroyed && !stream.writableFinished) {
-        await new Promise<void>((resolve, reject) => stream.end((err?: Error | null) => (err ? reject(err) : resolve())));
-      }
-      if (!stream.destroyed) stream.destroy();
-      await closed;
-    };
     return {
       stream,
       size: () => initial + stream.bytesWritten,
@@ -136,7 +128,7 @@ export class FilesystemDriver implements StorageDriver {
         if (settled) return;
         settled = true;
         try {
-          await finish();
+          await stream.finish();
         } catch (err) {
           throw translate(err, path);
         }
@@ -144,8 +136,7 @@ export class FilesystemDriver implements StorageDriver {
       cancel: async () => {
         if (settled) return;
         settled = true;
-        stream.destroy();
-        await closed;
+        await stream.abandon();
         await rm(target, { force: true });
       },
     };
@@ -173,8 +164,8 @@ export class FilesystemDriver implements StorageDriver {
           await handle.close();
         }
       }
-      await mkdir(dirname(to), { recursive: true });
-      await rename(from, to);
+      // A missing source must not leave an empty destination directory behind.
+      await inDirectory(to, () => rename(from, to), () => stat(from));
     } catch (err) {
       throw translate(err, source);
     }
@@ -193,6 +184,118 @@ export class FilesystemDriver implements StorageDriver {
       throw translate(err, path);
     }
   }
+}
+
+/**
+ * Runs `operation` (which creates `file`); when it fails because the parent directory is
+ * missing, creates the directory (after `precondition`, which may throw) and runs it again. Most writes go to directories that
+ * exist, so they skip the mkdir round trip.
+ */
+async function inDirectory<T>(file: string, operation: () => Promise<T>, precondition?: () => Promise<unknown>): Promise<T> {
+  try {
+    return await operation();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException)?.code !== 'ENOENT') throw err;
+    await precondition?.();
+    await mkdir(dirname(file), { recursive: true });
+    return operation();
+  }
+}
+
+/**
+ * Large files are flushed while they are written: after every SYNC_EVERY bytes an
+ * fdatasync starts in the background (one at a time), so the disk writes the data while
+ * more arrives instead of all of it in the flush before the rename. The bytes are the
+ * same; the wait at the end of a 1 GiB push shrinks from the whole file to its last piece.
+ */
+const SYNC_EVERY = 16 << 20;
+
+/**
+ * The write stream of a FileWriter: batches buffered chunks into one writev, keeps the
+ * progressive flush going, and closes the file when finished or abandoned.
+ */
+class FileSink extends Writable {
+  bytesWritten = 0;
+  private unsynced = 0;
+  private syncing: Promise<void> | undefined;
+  private syncError: unknown;
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly syncEvery: number,
+  ) {
+    super({ highWaterMark: WRITE_CHUNK });
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.writeAll([chunk]).then(() => callback(), callback);
+  }
+
+  override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
+    this.writeAll(chunks.map((c) => c.chunk)).then(() => callback(), callback);
+  }
+
+  private async writeAll(buffers: Buffer[]): Promise<void> {
+    let pending = buffers;
+    while (pending.length > 0) {
+      const { bytesWritten } = await this.handle.writev(pending);
+      this.bytesWritten += bytesWritten;
+      this.unsynced += bytesWritten;
+      pending = skip(pending, bytesWritten); // a short write: write the rest
+    }
+    if (this.syncError) throw this.syncError;
+    if (this.syncEvery > 0 && this.unsynced >= this.syncEvery && !this.syncing) {
+      this.unsynced = 0;
+      this.syncing = this.handle.datasync().then(
+        () => (this.syncing = undefined),
+        (err: unknown) => {
+          this.syncing = undefined;
+          this.syncError = err;
+        },
+      );
+    }
+  }
+
+  /** Ends the stream, waits for every write and flush, and closes the file. */
+  async finish(): Promise<void> {
+    if (!this.writableFinished && !this.destroyed) {
+      await new Promise<void>((resolve, reject) => {
+        this.once('error', reject);
+        this.end(() => resolve());
+      });
+    }
+    await this.close();
+    if (this.syncError) throw this.syncError;
+  }
+
+  /** Stops writing and closes the file, whatever state the stream is in. */
+  async abandon(): Promise<void> {
+    if (!this.destroyed) this.destroy();
+    await this.close();
+  }
+
+  private close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.syncing;
+      await this.handle.close();
+    })();
+    return this.closing;
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.close().then(() => callback(error), (err: Error) => callback(error ?? err));
+  }
+}
+
+/** The buffers that remain after the first `count` bytes. */
+function skip(buffers: Buffer[], count: number): Buffer[] {
+  let left = count;
+  let i = 0;
+  while (i < buffers.length && left >= buffers[i]!.length) left -= buffers[i++]!.length;
+  const rest = buffers.slice(i);
+  if (left > 0 && rest.length > 0) rest[0] = rest[0]!.subarray(left);
+  return rest;
 }
 
 /** '~' appears in no repository name, tag or digest, so temp files never collide with content. */

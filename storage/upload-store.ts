@@ -49,8 +49,10 @@ export class UploadStore {
   async start(repo: string): Promise<UploadStatus> {
     const id = randomUUID();
     const startedAt = new Date();
-    await this.driver.putContent(uploadStartedAt(repo, id), Buffer.from(startedAt.toISOString()));
-    await this.driver.putContent(uploadData(repo, id), Buffer.alloc(0));
+    // Session bookkeeping is not flushed: a power cut loses the session, and the client
+    // starts a new one. The data file is created by the first write (status() reads a
+    // missing one as empty).
+    await this.driver.putContent(uploadStartedAt(repo, id), Buffer.from(startedAt.toISOString()), { durable: false });
     this.hashes.set(key(repo, id), { hash: newHash(), size: 0 });
     return { id, size: 0, startedAt };
   }
@@ -59,7 +61,9 @@ export class UploadStore {
     if (!UPLOAD_ID.test(id)) throw unknownUpload(id);
     let startedAt: Date;
     try {
-      startedAt = new Date((await this.driver.getContent(uploadStartedAt(repo, id))).toString('utf8').trim());
+      // The file's time is its content's time (both are set once, at start): a stat is one
+      // storage round trip where reading the content is several.
+      startedAt = (await this.driver.stat(uploadStartedAt(repo, id))).modTime;
     } catch (err) {
       if (isPathNotFound(err)) throw unknownUpload(id);
       throw err;
@@ -130,7 +134,8 @@ export class UploadStore {
     const limit = chunk.length;
     let count = 0;
     const meter = new Transform({
-      highWaterMark: 1 << 20,
+      // Passes chunks through; the writer behind it does the buffering.
+      highWaterMark: 64 << 10,
       transform(data: Buffer, _encoding, callback) {
         count += data.length;
         if (limit !== undefined && count > limit) {

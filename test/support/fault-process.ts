@@ -1,4 +1,4 @@
-// The fault suite's wharf: a real `node bin/wharf.js serve` child process (so that a
+// The fault suite's wharf: a real `bin/wharf.js serve` child process (so that a
 // crash, a SIGKILL or a leak is the child's, never the test runner's), plus raw-socket
 // HTTP for requests fetch refuses to send, and /proc readings of the child.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -64,7 +64,7 @@ export const sleep = (ms: number): Promise<void> => new Promise((resolve) => set
 export async function spawnWharf(options: SpawnOptions): Promise<WharfProcess> {
   const port = options.port ?? (await freePort());
   const limit = options.outputLimit ?? 1 << 20;
-  const args = [WHARF_BIN, 'serve', ...(options.configFile ? [options.configFile] : [])];
+  const args = ['serve', ...(options.configFile ? [options.configFile] : [])];
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH,
     HOME: process.env.HOME,
@@ -78,7 +78,8 @@ export async function spawnWharf(options: SpawnOptions): Promise<WharfProcess> {
     ...options.env,
   };
   for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
-  const child = spawn(process.execPath, args, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Executed directly, as the `wharf` command is: its #! line carries wharf's node flags.
+  const child = spawn(WHARF_BIN, args, { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   let output = '';
   const collect = (data: Buffer): void => {

@@ -1,4 +1,4 @@
-// Starts wharf the way a user does: `node bin/wharf.js serve` as a child process, configured
+// Starts wharf the way a user does: `bin/wharf.js serve` as a child process, configured
 // by REGISTRY_* environment variables, on a free loopback port over a storage root.
 import { join } from 'node:path';
 import { freePort, LOG_DIR, REPO_ROOT, removeTree, spawnLogged, tempDir, waitFor, waitForUrl, type LoggedProcess } from './processes.js';
@@ -65,9 +65,10 @@ async function startOnce(opts: WharfOptions, root: string, ownRoot: boolean): Pr
   delete env.VITEST;
   delete env.VITEST_WORKER_ID;
   delete env.VITEST_POOL_ID;
-  const args = [join(REPO_ROOT, 'bin', 'wharf.js'), 'serve'];
+  const args = ['serve'];
   if (opts.configFile !== undefined) args.push(opts.configFile);
-  const proc = spawnLogged('wharf', process.execPath, args, { env, cwd: REPO_ROOT, logFile: join(LOG_DIR, `wharf-${port}-${Date.now()}.log`) });
+  // Executed directly, as the `wharf` command is: its #! line carries wharf's node flags.
+  const proc = spawnLogged('wharf', join(REPO_ROOT, 'bin', 'wharf.js'), args, { env, cwd: REPO_ROOT, logFile: join(LOG_DIR, `wharf-${port}-${Date.now()}.log`) });
   const url = `http://${host}`;
   try {
     await waitForUrl(`${url}/v2/`, {
