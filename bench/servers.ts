@@ -23,7 +23,7 @@ export interface ServerOptions {
   /** Working directory of this run: the server gets <dir>/<kind>/data and <dir>/<kind>.log. */
   workDir: string;
   log: LogSettings;
-  /** Extra node flags for wharf (e.g. --cpu-prof), passed in NODE_OPTIONS. */
+  /** Extra node flags for wharf (e.g. --cpu-prof), added to those of bin/wharf.js's #! line. */
   nodeArgs?: string[];
   /** wharf: the script to run instead of bin/wharf.js (e.g. a compiled dist/server/main.js). */
   wharfEntry?: string;
@@ -49,6 +49,14 @@ export interface RunningServer {
   /** Empties the log file (it is opened for appending, so the server keeps writing at the new end). */
   truncateLog(): void;
   stop(): Promise<void>;
+}
+
+/** The node flags on a script's `#!/usr/bin/env -S node ...` line. */
+function shebangNodeFlags(script: string): string[] {
+  const first = readFileSync(script, 'utf8').split('\n', 1)[0] ?? '';
+  const words = first.replace(/^#!\S*\s*(-S\s+)?/, '').split(/\s+/).filter(Boolean);
+  const node = words.findIndex((w) => w === 'node' || w.endsWith('/node'));
+  return node < 0 ? [] : words.slice(node + 1);
 }
 
 export async function freePort(): Promise<number> {
@@ -81,13 +89,17 @@ export async function startServer(kind: ServerKind, options: ServerOptions): Pro
       REGISTRY_LOG_ACCESSLOG_DISABLED: options.log.mode === 'info' ? 'false' : 'true',
       REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED: 'false',
       NODE_ENV: 'production',
-      ...(options.nodeArgs ? { NODE_OPTIONS: options.nodeArgs.join(' ') } : {}),
       ...options.wharfEnv,
     };
     delete env.REGISTRY_CONFIGURATION_PATH;
+    const bin = join(REPO_ROOT, 'bin/wharf.js');
+    // Executed directly, as the `wharf` command is; extra node flags (--cpu-prof is not
+    // allowed in NODE_OPTIONS) mean running node with the #! line's flags plus those.
     const [command, args] = options.wharfEntry
-      ? [process.execPath, [options.wharfEntry, 'serve']]
-      : [join(REPO_ROOT, 'bin/wharf.js'), ['serve']];
+      ? [process.execPath, [...(options.nodeArgs ?? []), options.wharfEntry, 'serve']]
+      : options.nodeArgs
+        ? [process.execPath, [...shebangNodeFlags(bin), ...options.nodeArgs, bin, 'serve']]
+        : [bin, ['serve']];
     child = spawn(command, args, {
       cwd: dir,
       env,

@@ -44,6 +44,20 @@ export class StorageUnavailableError extends Error {
 export const isPathNotFound = (err: unknown): err is PathNotFoundError => err instanceof PathNotFoundError;
 
 /**
+ * A stream of a file's bytes that can also fill buffers its consumer owns. A sender that
+ * reuses two buffers for a whole multi-GB blob allocates nothing per chunk, so the garbage
+ * collector stays idle (with a fresh buffer per chunk it took ~40% of a pull's CPU).
+ * Use either the stream or readInto, never both.
+ */
+export interface RefillableStream extends Readable {
+  /** Reads the next bytes into `buffer`; resolves to the count, 0 at the end. */
+  readInto(buffer: Buffer): Promise<number>;
+}
+
+export const isRefillable = (stream: Readable): stream is RefillableStream =>
+  typeof (stream as Partial<RefillableStream>).readInto === 'function';
+
+/**
  * A file being written. Exactly one of commit() or cancel() must be called, also after
  * an error (callers use try/finally). Until commit() resolves, the written bytes are not
  * guaranteed to be readable.

@@ -3,6 +3,7 @@ import type Router from '@koa/router';
 import { parseDigest } from '../../storage/digest.js';
 import { parseRange } from '../http-range.js';
 import { repositoryFor, routeParam, sendEmpty, type AppServices } from '../context.js';
+import { sendBody } from '../send-body.js';
 
 const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
 
@@ -41,8 +42,7 @@ export function blobRoutes(router: Router, services: AppServices): void {
       return;
     }
     if (range) ctx.set('Content-Range', `bytes ${range.start}-${range.end - 1}/${info.size}`);
-    ctx.body = blob.stream;
-    ctx.length = range ? range.end - range.start : info.size;
+    await sendBody(ctx, blob.stream, range ? range.end - range.start : info.size);
   });
 
   router.delete(BLOB, async (ctx) => {
