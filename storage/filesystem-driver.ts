@@ -42,6 +42,7 @@ export class FilesystemDriver implements StorageDriver {
   readonly name = 'filesystem';
   readonly root: string;
   private readonly fsync: boolean;
+  private readonly flushes = new Map<string, BackgroundFlush>();
 
   constructor(options: FilesystemDriverOptions) {
     this.root = options.rootDirectory;
@@ -108,7 +109,7 @@ export class FilesystemDriver implements StorageDriver {
     } catch (err) {
       throw translate(err, path);
     }
-    const stream = new FileSink(handle, this.fsync ? SYNC_EVERY : 0);
+    const stream = new FileSink(handle, initial, this.fsync ? () => this.flushInBackground(target) : undefined);
     let settled = false;
     return {
       stream,
@@ -131,6 +132,36 @@ export class FilesystemDriver implements StorageDriver {
     };
   }
 
+  /** Starts an fdatasync of `file` unless one is running; see SYNC_EVERY. */
+  private flushInBackground(file: string): void {
+    if (this.flushes.has(file)) return;
+    const flush: BackgroundFlush = { done: Promise.resolve() };
+    flush.done = (async () => {
+      try {
+        const handle = await open(file, 'r');
+        try {
+          await handle.datasync();
+        } finally {
+          await handle.close();
+        }
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException)?.code !== 'ENOENT') flush.error = err;
+      }
+      // Linux reports a writeback error to one flush only: keep it for move() to raise.
+      if (flush.error === undefined) this.flushes.delete(file);
+    })();
+    this.flushes.set(file, flush);
+  }
+
+  /** Waits for a background flush of `file` and raises its error, if any. */
+  private async settleFlush(file: string): Promise<void> {
+    const flush = this.flushes.get(file);
+    if (!flush) return;
+    await flush.done;
+    this.flushes.delete(file);
+    if (flush.error !== undefined) throw flush.error;
+  }
+
   async list(path: string): Promise<string[]> {
     try {
       const names = await readdir(this.full(path));
@@ -145,6 +176,7 @@ export class FilesystemDriver implements StorageDriver {
     const from = this.full(source);
     const to = this.full(destination);
     try {
+      await this.settleFlush(from);
       if (this.fsync) {
         const handle = await open(from, 'r+');
         try {
@@ -169,6 +201,7 @@ export class FilesystemDriver implements StorageDriver {
       const doomed = tempName(target);
       await rename(target, doomed);
       await rm(doomed, { recursive: true, force: true });
+      for (const file of this.flushes.keys()) if (file === target || file.startsWith(`${target}/`)) this.flushes.delete(file);
     } catch (err) {
       throw translate(err, path);
     }
@@ -234,29 +267,37 @@ async function inDirectory<T>(file: string, operation: () => Promise<T>, precond
 }
 
 /**
- * Large files are flushed while they are written: after every SYNC_EVERY bytes an
- * fdatasync starts in the background (one at a time), so the disk writes the data while
- * more arrives instead of all of it in the flush before the rename. The bytes are the
- * same; the wait at the end of a 1 GiB push shrinks from the whole file to its last piece.
+ * Large files are flushed while they are written: after every SYNC_EVERY bytes a writer
+ * asks for an fdatasync in the background (one at a time per file, on a descriptor of its
+ * own so that the writer's close never waits for it), and the disk writes the data while
+ * more arrives. The flush before the rename of a 1 GiB blob then waits for its last
+ * piece, not the whole file.
  */
 const SYNC_EVERY = 16 << 20;
 
+interface BackgroundFlush {
+  done: Promise<void>;
+  /** A failed flush is kept until move() or delete() reports or drops it. */
+  error?: unknown;
+}
+
 /**
- * The write stream of a FileWriter: batches buffered chunks into one writev, keeps the
- * progressive flush going, and closes the file when finished or abandoned.
+ * The write stream of a FileWriter: batches buffered chunks into one writev, asks for
+ * background flushes, and closes the file when finished or abandoned.
  */
 class FileSink extends Writable {
   bytesWritten = 0;
-  private unsynced = 0;
-  private syncing: Promise<void> | undefined;
-  private syncError: unknown;
+  /** SYNC_EVERY boundaries of the file's size passed so far (appends continue the count). */
+  private boundaries: number;
   private closing: Promise<void> | undefined;
 
   constructor(
     private readonly handle: FileHandle,
-    private readonly syncEvery: number,
+    private readonly initialSize: number,
+    private readonly flush: (() => void) | undefined,
   ) {
     super({ highWaterMark: WRITE_CHUNK });
+    this.boundaries = Math.floor(initialSize / SYNC_EVERY);
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
@@ -272,23 +313,16 @@ class FileSink extends Writable {
     while (pending.length > 0) {
       const { bytesWritten } = await this.handle.writev(pending);
       this.bytesWritten += bytesWritten;
-      this.unsynced += bytesWritten;
       pending = skip(pending, bytesWritten); // a short write: write the rest
     }
-    if (this.syncError) throw this.syncError;
-    if (this.syncEvery > 0 && this.unsynced >= this.syncEvery && !this.syncing) {
-      this.unsynced = 0;
-      this.syncing = this.handle.datasync().then(
-        () => (this.syncing = undefined),
-        (err: unknown) => {
-          this.syncing = undefined;
-          this.syncError = err;
-        },
-      );
+    const boundaries = Math.floor((this.initialSize + this.bytesWritten) / SYNC_EVERY);
+    if (this.flush && boundaries > this.boundaries) {
+      this.boundaries = boundaries;
+      this.flush();
     }
   }
 
-  /** Ends the stream, waits for every write and flush, and closes the file. */
+  /** Ends the stream, waits for every write, and closes the file. */
   async finish(): Promise<void> {
     if (!this.writableFinished && !this.destroyed) {
       await new Promise<void>((resolve, reject) => {
@@ -297,7 +331,6 @@ class FileSink extends Writable {
       });
     }
     await this.close();
-    if (this.syncError) throw this.syncError;
   }
 
   /** Stops writing and closes the file, whatever state the stream is in. */
@@ -307,10 +340,7 @@ class FileSink extends Writable {
   }
 
   private close(): Promise<void> {
-    this.closing ??= (async () => {
-      await this.syncing;
-      await this.handle.close();
-    })();
+    this.closing ??= this.handle.close();
     return this.closing;
   }
 
