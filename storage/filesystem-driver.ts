@@ -75,7 +75,9 @@ export class FilesystemDriver implements StorageDriver {
     const target = this.full(path);
     const temp = tempName(target);
     try {
-      const handle = await inDirectory(temp, () => open(temp, 'w'));
+      // mkdir first: whole files mostly go to new directories (links, uploads, blobs).
+      await mkdir(dirname(target), { recursive: true });
+      const handle = await open(temp, 'w');
       try {
         await handle.writeFile(content);
         if (this.fsync && options.durable !== false) await handle.datasync();
@@ -185,8 +187,8 @@ export class FilesystemDriver implements StorageDriver {
           await handle.close();
         }
       }
-      // A missing source must not leave an empty destination directory behind.
-      await inDirectory(to, () => rename(from, to), () => stat(from));
+      await mkdir(dirname(to), { recursive: true }); // a new blob's directory is new
+      await rename(from, to);
     } catch (err) {
       throw translate(err, source);
     }
@@ -252,15 +254,14 @@ class FileSource extends Readable implements RefillableStream {
 
 /**
  * Runs `operation` (which creates `file`); when it fails because the parent directory is
- * missing, creates the directory (after `precondition`, which may throw) and runs it again. Most writes go to directories that
- * exist, so they skip the mkdir round trip.
+ * missing, creates the directory and runs it again. For writers: upload chunks go to a
+ * directory that exists, and skip the mkdir round trip.
  */
-async function inDirectory<T>(file: string, operation: () => Promise<T>, precondition?: () => Promise<unknown>): Promise<T> {
+async function inDirectory<T>(file: string, operation: () => Promise<T>): Promise<T> {
   try {
     return await operation();
   } catch (err) {
     if ((err as NodeJS.ErrnoException)?.code !== 'ENOENT') throw err;
-    await precondition?.();
     await mkdir(dirname(file), { recursive: true });
     return operation();
   }
