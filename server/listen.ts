@@ -57,7 +57,13 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
   });
   const app = createApp({ config, registry, access: allowAll, logger });
 
-  const handler = app.callback();
+  const callback = app.callback();
+  let requests = 0;
+  const handler: typeof callback = (req, res) => {
+    requests++;
+    return callback(req, res);
+  };
+  const idleGc = startIdleCollection(() => requests);
   // Node answers a missing Host itself, with an empty 400; wharf builds no URL from Host.
   const serverOptions = { requireHostHeader: false };
   const server = config.http.tls
@@ -118,6 +124,7 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
     close: (graceMs = 25_000) =>
       new Promise<void>((resolve) => {
         if (purgeTimer) clearTimeout(purgeTimer);
+        clearInterval(idleGc);
         // Stop accepting; in-flight requests finish. Keep-alive connections become idle
         // only after their last response, so sweep them until the server has closed.
         const sweep = setInterval(() => server.closeIdleConnections(), 50);
@@ -130,4 +137,25 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
         server.closeIdleConnections();
       }),
   };
+}
+
+/**
+ * After a burst of requests, once a second passes without any, runs a full garbage
+ * collection (when node runs with --expose-gc, as bin/wharf.js does): V8 would keep the
+ * burst's garbage until more allocation comes, holding tens of MB of RSS while idle.
+ */
+function startIdleCollection(count: () => number): NodeJS.Timeout {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  let seen = 0;
+  let sinceCollection = 0;
+  return setInterval(() => {
+    const now = count();
+    const fresh = now - seen;
+    seen = now;
+    sinceCollection += fresh;
+    if (fresh === 0 && sinceCollection >= 1000 && gc) {
+      sinceCollection = 0;
+      gc();
+    }
+  }, 1000).unref();
 }
