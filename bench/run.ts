@@ -181,7 +181,7 @@ const mb = (bytes: number): string => `${(bytes / MB).toFixed(0)} MB`;
  * follow a deletion would be several times faster than one that does not. So nothing
  * is deleted during a round (each round's blobs, limit files and logs are removed at
  * its end) and each round starts COOL_DOWN after that: every write phase of every
- * contestant meets cold memory.
+ * contestant meets cold memory, and no phase runs while the host takes memory back.
  */
 const COOL_DOWN_NS = 4_000_000_000n;
 let lastFree = 0n;
@@ -304,11 +304,15 @@ async function runRound(ctx: Context, round: number): Promise<void> {
   // Quick mode measures the physical limits in its first round only (time).
   const limits = !opts.quick || round === 0;
 
+  // The previous round's frees cool down first: while the host takes back freed memory
+  // the machine jitters (the trivial server's p99 went from 2 to 17 ms), which latency
+  // figures must not measure; nothing below frees memory until the round ends.
+  await coolDown();
   const background = await backgroundCores(opts.quick ? 300 : 1000, cpus().length);
   samples.add('env/background-cores', background);
   note(tag, 'machine: background CPU', 'other', `${background.toFixed(2)} cores busy while the bench idles`);
 
-  // First what writes (almost) nothing, while the previous round's frees cool down.
+  // First what writes (almost) nothing.
   // Manifest GET by tag (wrk) and HEAD by tag (ab), 64 keep-alive connections.
   for (const figure of ['get', 'head'] as const) {
     for (const kind of order) {
@@ -332,7 +336,6 @@ async function runRound(ctx: Context, round: number): Promise<void> {
   }
 
   // Then everything that writes blobs, on cold memory.
-  await coolDown();
   if (limits) await writeLimits(ctx, round, tag);
 
   // Push, monolithic: POST then PUT ?digest= with the whole body.
