@@ -65,8 +65,6 @@ export const isRefillable = (stream: Readable): stream is RefillableStream =>
 export interface FileWriter {
   /** The stream to write into; honours backpressure. */
   readonly stream: Writable;
-  /** Size of the file: bytes present before (append) plus bytes written so far. */
-  size(): number;
   /** Flushes and keeps everything written. */
   commit(): Promise<void>;
   /** Discards the whole file, including bytes present before an append. */

@@ -115,7 +115,6 @@ export class FilesystemDriver implements StorageDriver {
     let settled = false;
     return {
       stream,
-      size: () => initial + stream.bytesWritten,
       commit: async () => {
         if (settled) return;
         settled = true;
@@ -275,6 +274,8 @@ async function inDirectory<T>(file: string, operation: () => Promise<T>): Promis
  * piece, not the whole file.
  */
 const SYNC_EVERY = 16 << 20;
+/** Bytes gathered into one writev. */
+const BATCH = 256 << 10;
 
 interface BackgroundFlush {
   done: Promise<void>;
@@ -288,6 +289,8 @@ interface BackgroundFlush {
  */
 class FileSink extends Writable {
   bytesWritten = 0;
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
   /** SYNC_EVERY boundaries of the file's size passed so far (appends continue the count). */
   private boundaries: number;
   private closing: Promise<void> | undefined;
@@ -302,11 +305,40 @@ class FileSink extends Writable {
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    this.writeAll([chunk]).then(() => callback(), callback);
+    this.gather([chunk], callback);
   }
 
   override _writev(chunks: { chunk: Buffer }[], callback: (error?: Error | null) => void): void {
-    this.writeAll(chunks.map((c) => c.chunk)).then(() => callback(), callback);
+    this.gather(
+      chunks.map((c) => c.chunk),
+      callback,
+    );
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    this.writeBatch().then(() => callback(), callback);
+  }
+
+  /**
+   * Socket data arrives in chunks of up to 64 KiB: they are gathered into one writev per
+   * BATCH bytes. Each write is a round trip to the thread pool (~20 us of this thread's
+   * time here), a dozen of them per 1 MiB blob without gathering.
+   */
+  private gather(chunks: Buffer[], callback: (error?: Error | null) => void): void {
+    for (const chunk of chunks) {
+      this.batch.push(chunk);
+      this.batchBytes += chunk.length;
+    }
+    if (this.batchBytes < BATCH) callback();
+    else this.writeBatch().then(() => callback(), callback);
+  }
+
+  private writeBatch(): Promise<void> {
+    if (this.batch.length === 0) return Promise.resolve();
+    const batch = this.batch;
+    this.batch = [];
+    this.batchBytes = 0;
+    return this.writeAll(batch);
   }
 
   private async writeAll(buffers: Buffer[]): Promise<void> {
