@@ -59,7 +59,7 @@ const USAGE = `npm run bench [-- options]
                        phases and print the top self-time functions (profiles kept in DIR)
 `;
 
-export function parseOptions(argv: string[]): Options {
+export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): Options {
   const opts: Options = {
     quick: false,
     rounds: 6,
@@ -77,6 +77,16 @@ export function parseOptions(argv: string[]): Options {
     wharfEnv: {},
   };
   const explicit = new Set<string>();
+  // `npm run bench --quick` (without `--`) hands --quick to npm, which passes it on only
+  // as npm_config_quick; any other option given that way would be lost, so say so.
+  for (const [key, value] of Object.entries(env)) {
+    if (!key.startsWith('npm_config_') || value === undefined) continue;
+    const option = `--${key.slice('npm_config_'.length).replace(/_/g, '-')}`;
+    if (option === '--quick' && value === 'true') argv = ['--quick', ...argv];
+    else if (USAGE.includes(`  ${option} `) && option !== '--help') {
+      throw new BenchError(`npm took ${option} for itself: write \`npm run bench -- ${option} ...\``);
+    }
+  }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const value = (): string => {
