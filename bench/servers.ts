@@ -1,15 +1,17 @@
 // Starts the two registries under test as child processes: wharf (bin/wharf.js serve,
-// executed as the `wharf` command is, so with its node flags; configured by REGISTRY_* environment variables) and CNCF Distribution
-// (/usr/bin/docker-registry serve config.yml). Same machine, same filesystem, same log
-// level, no auth. Their logs go to files (never through this process).
+// executed as the `wharf` command is, so with its node flags; configured by REGISTRY_*
+// environment variables) and CNCF Distribution (/usr/bin/docker-registry serve
+// config.yml). Same machine, same filesystem, same log level, no auth. Their logs go to
+// files (never through this process).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// Process helpers shared with the test harness.
+import { freePort, REPO_ROOT } from '../test/support/processes.js';
 
-export const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
+export { freePort, REPO_ROOT };
+
 export const DISTRIBUTION_BINARY = '/usr/bin/docker-registry';
 
 export type ServerKind = 'wharf' | 'distribution';
@@ -59,17 +61,6 @@ function shebangNodeFlags(script: string): string[] {
   return node < 0 ? [] : words.slice(node + 1);
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export async function startServer(kind: ServerKind, options: ServerOptions): Promise<RunningServer> {
   const dir = join(options.workDir, kind);

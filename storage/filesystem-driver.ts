@@ -359,8 +359,8 @@ class FileSink extends Writable {
   async finish(): Promise<void> {
     if (!this.writableFinished && !this.destroyed) {
       await new Promise<void>((resolve, reject) => {
-        this.once('error', reject);
-        this.end(() => resolve());
+        this.once('error', reject); // also keeps an 'error' event from going unhandled
+        this.end((err?: Error | null) => (err ? reject(err) : resolve()));
       });
     }
     await this.close();

@@ -14,7 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { asBody, sha256 } from '../support/client.js';
-import { spawnWharf, freePort, type WharfProcess } from '../support/fault-process.js';
+import { spawnWharf, type WharfProcess } from '../support/fault-process.js';
+import { freePort } from '../support/processes.js';
 import { checkStore, garbageCollectDryRun, haveDistribution, Rng, seedFromEnv } from '../support/fault-store.js';
 
 const ITERATIONS = Number(process.env.FAULT_CRASH_ITERATIONS ?? 100);

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { LOG_DIR, killPids, pidsReferencing, removeTree, run, sleep, spawnLogged, tempDir, waitFor, type LoggedProcess, type RunOptions, type RunResult, describeFailure } from './processes.js';
+import { LOG_DIR, reapAndRemove, run, spawnLogged, tempDir, waitFor, type LoggedProcess, type RunOptions, type RunResult, describeFailure } from './processes.js';
 import { mustToolPath } from './tools.js';
 
 /** The tools this helper needs, with their Debian packages. */
@@ -125,13 +125,7 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
     }
     await proc.stop(20_000);
     // containerd-shims start their own sessions; anything still running out of our dir goes.
-    for (let i = 0; i < 3; i++) {
-      const left = pidsReferencing(dir);
-      if (left.length === 0) break;
-      killPids(left);
-      await sleep(300);
-    }
-    await removeTree(dir);
+    await reapAndRemove(dir);
   };
 
   try {

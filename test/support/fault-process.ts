@@ -4,11 +4,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { connect, createServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { freePort, REPO_ROOT, sleep } from './processes.js';
 
-export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const WHARF_BIN = fileURLToPath(new URL('../../bin/wharf.js', import.meta.url));
+export { sleep };
+
+const WHARF_BIN = join(REPO_ROOT, 'bin', 'wharf.js');
 
 export interface WharfProcess {
   pid: number;
@@ -47,19 +49,7 @@ process.once('exit', () => {
   for (const child of running) if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
 });
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 export async function spawnWharf(options: SpawnOptions): Promise<WharfProcess> {
   const port = options.port ?? (await freePort());

@@ -406,6 +406,20 @@ export function killPids(pids: number[]): void {
 }
 
 /**
+ * Ends every process still running out of `dir` (a few passes: killing one can reveal
+ * another), then removes the tree.
+ */
+export async function reapAndRemove(dir: string): Promise<void> {
+  for (let i = 0; i < 3; i++) {
+    const left = pidsReferencing(dir);
+    if (left.length === 0) break;
+    killPids(left);
+    await sleep(300);
+  }
+  await removeTree(dir);
+}
+
+/**
  * A stack of teardown steps. Register each resource right after creating it; `run()` undoes
  * them in reverse order, continuing past failures, so afterAll cleans up whatever beforeAll
  * managed to create.

@@ -4,7 +4,7 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { delimiter, isAbsolute, join } from 'node:path';
-import { describeFailure, killPids, pidsReferencing, removeTree, run, sleep, type RunResult } from './processes.js';
+import { describeFailure, reapAndRemove, run, type RunResult } from './processes.js';
 
 export const inCI = (): boolean => process.env.CI === 'true';
 
@@ -194,13 +194,7 @@ export async function privatePodman(dir: string): Promise<PodmanRunner> {
   runner.policy = policy;
   runner.cleanup = async () => {
     await runner(['rm', '--all', '--force', '--time', '0'], { timeoutMs: 60_000 });
-    for (let i = 0; i < 3; i++) {
-      const left = pidsReferencing(dir);
-      if (left.length === 0) break;
-      killPids(left);
-      await sleep(300);
-    }
-    await removeTree(dir);
+    await reapAndRemove(dir);
   };
   return runner;
 }
