@@ -6,6 +6,7 @@ import Router from '@koa/router';
 import { RegistryError } from '../storage/errors.js';
 import { errorMiddleware } from './errors.js';
 import { installRequestLogging } from './logger.js';
+import { discardUnreadBody } from './request-body.js';
 import { requireAccess, type AppServices } from './context.js';
 import { blobRoutes } from './routes/blobs.js';
 import { uploadRoutes } from './routes/uploads.js';
@@ -30,6 +31,7 @@ export function createApp(services: AppServices): Koa {
   listingRoutes(router, services);
 
   const extraHeaders = Object.entries(config.http.headers);
+  app.use(discardUnreadBody);
   installRequestLogging(app, services.logger, !config.log.accesslog.disabled);
   app.use(async (ctx, next) => {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
@@ -44,9 +46,15 @@ export function createApp(services: AppServices): Koa {
     });
   }
   app.use(router.routes());
-  app.use(router.allowedMethods({ throw: true }));
   app.use(async (ctx) => {
-    // Anything no route matched, in the spec's error shape.
+    // No route took the request. A known path with another method is 405 with Allow, as the
+    // spec and Distribution answer; anything else is 404. Both in the spec's error shape.
+    const matched = router.match(ctx.path, ctx.method);
+    const allowed = [...new Set(matched.path.flatMap((layer) => layer.methods))].sort();
+    if (allowed.length > 0) {
+      ctx.set('Allow', allowed.join(', '));
+      throw new RegistryError('UNSUPPORTED', `method ${ctx.method} is not allowed on this endpoint`, { allow: allowed.join(', ') });
+    }
     throw new RegistryError('NOT_FOUND', 'no such endpoint', { path: ctx.path.slice(0, 300) });
   });
   return app;

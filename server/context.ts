@@ -39,7 +39,9 @@ export async function repositoryFor(
   actions: string[],
 ): Promise<Repository> {
   const name = routeParam(ctx, 0);
-  const repository = services.registry.repository(name); // validates the name first
+  const ns = ctx.query.ns;
+  // Validates the name first; containerd's ?ns= may choose a mirror's upstream.
+  const repository = services.registry.repository(name, typeof ns === 'string' ? { namespace: ns } : undefined);
   await requireAccess(ctx, services, [{ type: 'repository', name, actions }]);
   return repository;
 }

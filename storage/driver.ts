@@ -75,6 +75,13 @@ export interface StorageDriver {
   /** The driver's name as it appears in config (`filesystem`, `s3`). */
   readonly name: string;
 
+  /**
+   * Whether bytes a writer's stream has accepted (its write callback was called) can be
+   * read with reader() before commit(). The mirror streams a blob to late clients from the
+   * file it is downloading into when this holds; otherwise they wait for the commit.
+   */
+  readonly readableWhileWriting?: boolean;
+
   /** Size, time and kind of a path. Throws PathNotFoundError. */
   stat(path: string): Promise<FileInfo>;
 

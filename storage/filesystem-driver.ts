@@ -40,6 +40,8 @@ export interface FilesystemDriverOptions {
 
 export class FilesystemDriver implements StorageDriver {
   readonly name = 'filesystem';
+  /** A write callback fires once the bytes are in the file (writev on the descriptor). */
+  readonly readableWhileWriting = true;
   readonly root: string;
   private readonly fsync: boolean;
   private readonly flushes = new Map<string, BackgroundFlush>();

@@ -17,15 +17,21 @@ export class LinkStore {
     this.cache = ttlMs > 0 ? new LRUCache<string, Digest>({ max: 50_000, ttl: ttlMs }) : undefined;
   }
 
-  /** The digest in a link file, or undefined when there is no such link (or it is corrupt). */
-  async read(path: string): Promise<Digest | undefined> {
-    const cached = this.cache?.get(path);
+  /**
+   * The digest in a link file, or undefined when there is no such link (or it is corrupt).
+   * `fresh` asks storage instead of the cache: for checks that acknowledge a write.
+   */
+  async read(path: string, options?: { fresh?: boolean }): Promise<Digest | undefined> {
+    const cached = options?.fresh ? undefined : this.cache?.get(path);
     if (cached) return cached;
     let content: Buffer;
     try {
       content = await this.driver.getContent(path);
     } catch (err) {
-      if (isPathNotFound(err)) return undefined;
+      if (isPathNotFound(err)) {
+        this.cache?.delete(path);
+        return undefined;
+      }
       throw err;
     }
     let digest: Digest;

@@ -5,7 +5,7 @@ import { isPathNotFound, type StorageDriver } from './driver.js';
 import type { Digest } from './digest.js';
 import { RegistryError } from './errors.js';
 import { assertRepositoryName } from './names.js';
-import type { Descriptor } from './manifest.js';
+import { isSchema1MediaType, type Descriptor } from './manifest.js';
 import { BlobStore } from './blob-store.js';
 import { baseName, LinkStore, listOrEmpty } from './link-store.js';
 import { ManifestStore } from './manifest-store.js';
@@ -43,7 +43,7 @@ export class LocalRegistry implements Registry {
     readonly driver: StorageDriver,
     options: LocalRegistryOptions = {},
   ) {
-    this.blobStore = new BlobStore(driver);
+    this.blobStore = new BlobStore(driver, { presenceTtlMs: options.linkCacheTtlMs ?? 1000 });
     this.links = new LinkStore(driver, options.linkCacheTtlMs ?? 1000);
     this.manifestStore = new ManifestStore(driver, this.blobStore, this.links);
     this.uploadStore = new UploadStore(driver, this.blobStore, this.links);
@@ -126,12 +126,13 @@ export class LocalRepository implements Repository {
           throw new RegistryError('BLOB_UNKNOWN', 'blob unknown to registry', { digest: digest.value });
         }
       },
+      // A mount acknowledges a blob the client will not upload: ask storage, not the caches.
       mount: async (digest, from) => {
         if (from !== undefined) {
           assertRepositoryName(from);
-          if (!(await links.read(layerLink(from, digest)))) return undefined;
+          if (!(await links.read(layerLink(from, digest), { fresh: true }))) return undefined;
         }
-        const size = await blobStore.size(digest);
+        const size = await blobStore.stored(digest);
         if (size === undefined) return undefined;
         await links.write(layerLink(name, digest), digest);
         return { digest, size };
@@ -188,7 +189,13 @@ export class LocalRepository implements Repository {
     if (!(await links.read(revisionLink(this.name, digest)))) return undefined;
     const content = await blobStore.read(digest);
     if (!content) return undefined;
-    const manifest = manifestStore.parse(digest, content);
+    let manifest;
+    try {
+      manifest = manifestStore.parse(digest, content);
+    } catch {
+      return undefined; // bytes that are no manifest cannot refer to anything
+    }
+    if (isSchema1MediaType(manifest.mediaType)) return undefined; // schema 1 has no subject
     const descriptor: Descriptor = { mediaType: manifest.mediaType, digest: digest.value, size: content.length };
     if (manifest.artifactType !== undefined) descriptor.artifactType = manifest.artifactType;
     if (manifest.annotations !== undefined) descriptor.annotations = manifest.annotations;

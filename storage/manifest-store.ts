@@ -11,7 +11,7 @@ import { digestOf, isDigest, parseDigest, type Digest } from './digest.js';
 import { RegistryError } from './errors.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { assertTag, isValidTag } from './names.js';
-import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest } from './manifest.js';
+import { MAX_MANIFEST_BYTES, parseManifest, parseStoredManifest, type ParsedManifest } from './manifest.js';
 import type { BlobStore } from './blob-store.js';
 import { baseName, listOrEmpty, type LinkStore } from './link-store.js';
 import { layerLink, referrerEntry, referrerLink, revisionDir, revisionLink, tagCurrentLink, tagDir, tagIndexLink, tagsDir } from './paths.js';
@@ -89,6 +89,32 @@ export class ManifestStore {
     return { digest, subject };
   }
 
+  /**
+   * Stores a manifest fetched from elsewhere (the mirror's upstream) without checking that
+   * its blobs are here: a pull-through cache holds manifests before their layers. The
+   * digest must already be verified against the bytes.
+   */
+  async putUnchecked(repo: string, content: Buffer, digest: Digest): Promise<ParsedManifest> {
+    const manifest = parseStoredManifest(content);
+    await this.locks.run(repo, async () => {
+      await this.blobs.put(content, digest);
+      this.parsed.set(digest.value, manifest);
+      await this.links.write(revisionLink(repo, digest), digest);
+      const subject = manifest.subject ? parseDigest(manifest.subject.digest) : undefined;
+      if (subject) await this.links.write(referrerLink(repo, subject, digest), digest);
+    });
+    return manifest;
+  }
+
+  /** Points a tag at a manifest already in the repository. */
+  tag(repo: string, tag: string, digest: Digest): Promise<void> {
+    assertTag(tag);
+    return this.locks.run(repo, async () => {
+      await this.links.write(tagIndexLink(repo, tag, digest), digest);
+      await this.links.write(tagCurrentLink(repo, tag), digest);
+    });
+  }
+
   /** By digest: the revision, its referrer entry and every tag pointing at it. By tag: the tag. */
   delete(repo: string, reference: string): Promise<void> {
     return this.locks.run(repo, () => this.remove(repo, reference));
@@ -122,21 +148,27 @@ export class ManifestStore {
   parse(digest: Digest, content: Buffer): ParsedManifest {
     let manifest = this.parsed.get(digest.value);
     if (!manifest) {
-      manifest = parseManifest(content);
+      manifest = parseStoredManifest(content);
       this.parsed.set(digest.value, manifest);
     }
     return manifest;
   }
 
+  /**
+   * Every blob and child manifest must be in the repository now: asked of storage, never
+   * of a cache, since accepting the manifest acknowledges that it can be pulled whole.
+   */
   private async verifyReferences(repo: string, manifest: ParsedManifest): Promise<void> {
     const missing: string[] = [];
+    const present = async (link: string, d: Digest): Promise<boolean> =>
+      Boolean(await this.links.read(link, { fresh: true })) && (await this.blobs.stored(d)) !== undefined;
     await Promise.all([
       ...manifest.blobs.map(async (d) => {
-        if (!(await this.links.read(layerLink(repo, d))) || (await this.blobs.size(d)) === undefined) missing.push(d.value);
+        if (!(await present(layerLink(repo, d), d))) missing.push(d.value);
       }),
       ...manifest.children.map(async (child) => {
         const d = parseDigest(child.digest);
-        if (!(await this.links.read(revisionLink(repo, d))) || (await this.blobs.size(d)) === undefined) missing.push(d.value);
+        if (!(await present(revisionLink(repo, d), d))) missing.push(d.value);
       }),
     ]);
     if (missing.length > 0) {

@@ -60,20 +60,15 @@ const invalid = (message: string, detail?: unknown): RegistryError =>
  * undefined when reading stored bytes. Throws MANIFEST_INVALID or UNSUPPORTED.
  */
 export function parseManifest(body: Uint8Array, contentType?: string): ParsedManifest {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'));
-  } catch (err) {
-    throw invalid(`manifest is not valid JSON: ${(err as Error).message}`);
-  }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw invalid('manifest must be a JSON object');
-  const m = doc as Record<string, unknown>;
+  const m = parseObject(body);
 
   const declared = normaliseType(contentType);
   const inBody = typeof m.mediaType === 'string' ? m.mediaType : undefined;
   if (m.mediaType !== undefined && typeof m.mediaType !== 'string') throw invalid('mediaType must be a string');
   if (declared === MediaType.DockerSchema1 || declared === MediaType.DockerSchema1Signed || m.schemaVersion === 1) {
-    throw new RegistryError('UNSUPPORTED', 'Docker schema 1 manifests are not supported; push schema 2 or OCI');
+    // Distribution 2.8 refuses them the same way (400 MANIFEST_INVALID) unless schema 1
+    // compatibility is enabled; stored ones are still served (parseStoredManifest).
+    throw invalid('Docker schema 1 manifests are not accepted; push a schema 2 or OCI manifest');
   }
   if (inBody && declared && !GENERIC_TYPES.has(declared) && inBody !== declared) {
     throw invalid(`mediaType ${inBody} in the manifest does not match Content-Type ${declared}`);
@@ -109,6 +104,48 @@ export function parseManifest(body: Uint8Array, contentType?: string): ParsedMan
     return { kind: 'index', mediaType, blobs: [], children, subject, artifactType, annotations };
   }
   throw invalid(`unsupported manifest media type ${mediaType}`);
+}
+
+/**
+ * Parses manifest bytes already in storage. Besides what parseManifest accepts, these may be
+ * Docker schema 1 manifests that older clients pushed to Distribution: they are served and
+ * deleted as they are (never converted), and their layers count as references.
+ */
+export function parseStoredManifest(body: Uint8Array): ParsedManifest {
+  const doc = parseObject(body);
+  if (doc.schemaVersion !== 1) return parseManifest(body);
+  // Stored with signatures inline (older registries, copied data) they are signed; Distribution
+  // 2.3+ stores the payload alone and signs it with its own key on each GET, which wharf does
+  // not: those are served as the unsigned `v1+json` they are.
+  const mediaType = Array.isArray(doc.signatures) ? MediaType.DockerSchema1Signed : MediaType.DockerSchema1;
+  const layers = Array.isArray(doc.fsLayers) ? doc.fsLayers : [];
+  const blobs = new Map<string, Digest>();
+  for (const layer of layers) {
+    const sum = (layer as { blobSum?: unknown } | null)?.blobSum;
+    if (typeof sum !== 'string') continue;
+    try {
+      const digest = parseDigest(sum);
+      blobs.set(digest.value, digest);
+    } catch {
+      // a foreign or damaged entry: nothing this registry stores
+    }
+  }
+  return { kind: 'image', mediaType, blobs: [...blobs.values()], children: [] };
+}
+
+export function isSchema1MediaType(type: string): boolean {
+  return type === MediaType.DockerSchema1 || type === MediaType.DockerSchema1Signed;
+}
+
+function parseObject(body: Uint8Array): Record<string, unknown> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8'));
+  } catch (err) {
+    throw invalid(`manifest is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw invalid('manifest must be a JSON object');
+  return doc as Record<string, unknown>;
 }
 
 function normaliseType(contentType: string | undefined): string | undefined {

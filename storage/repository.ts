@@ -101,9 +101,15 @@ export interface Repository {
   readonly referrers: ReferrerService;
 }
 
+/** What a request says besides the name that may choose the repository (a mirror's upstream). */
+export interface RepositoryHints {
+  /** containerd's `?ns=<registry host>`: the registry the client meant to reach. */
+  namespace?: string;
+}
+
 export interface Registry {
   /** A repository by validated name (it need not exist yet). Throws NAME_INVALID. */
-  repository(name: string): Repository;
+  repository(name: string, hints?: RepositoryHints): Repository;
   /** Repository names in lexical order, after `last`, at most `limit`. */
   catalog(limit: number, last?: string): Promise<string[]>;
 }

@@ -68,13 +68,7 @@ export class UploadStore {
       if (isPathNotFound(err)) throw unknownUpload(id);
       throw err;
     }
-    let size = 0;
-    try {
-      size = (await this.driver.stat(uploadData(repo, id))).size;
-    } catch (err) {
-      if (!isPathNotFound(err)) throw err;
-    }
-    return { id, size, startedAt };
+    return { id, size: await this.storedSize(repo, id), startedAt };
   }
 
   append(repo: string, id: string, body: Readable, chunk: ChunkSpec = {}): Promise<UploadStatus> {
@@ -151,7 +145,14 @@ export class UploadStore {
       await pipeline(body, meter, writer.stream);
     } catch (err) {
       await writer.commit().catch(() => undefined);
-      throw asUploadError(err);
+      const error = asUploadError(err);
+      if (error instanceof RegistryError && error.code === 'RANGE_INVALID') {
+        // Part of the over-long chunk was kept: the Range the client gets must say what is
+        // stored now, so that it can resume from there.
+        const stored = await this.storedSize(repo, status.id).catch(() => undefined);
+        if (stored !== undefined) throw new RegistryError('RANGE_INVALID', error.message, { size: stored }, { cause: error.cause });
+      }
+      throw error;
     }
     await writer.commit();
     if (limit !== undefined && count !== limit) {
@@ -159,6 +160,16 @@ export class UploadStore {
     }
     if (state) this.hashes.set(k, { hash: state.hash, size: status.size + count });
     return count;
+  }
+
+  /** Bytes in the upload's data file (0 before the first write). */
+  private async storedSize(repo: string, id: string): Promise<number> {
+    try {
+      return (await this.driver.stat(uploadData(repo, id))).size;
+    } catch (err) {
+      if (isPathNotFound(err)) return 0;
+      throw err;
+    }
   }
 
   /** The hex digest of the upload's data: from the running hash if it covers every byte, else by re-reading. */

@@ -4,6 +4,7 @@ import type { Context } from 'koa';
 import { RegistryError } from '../../storage/errors.js';
 import { MAX_MANIFEST_BYTES, MediaType } from '../../storage/manifest.js';
 import type { ManifestContent, Repository } from '../../storage/repository.js';
+import { requestBody } from '../request-body.js';
 import { repositoryFor, routeParam, sendEmpty, urlBase, type AppServices } from '../context.js';
 
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
@@ -75,7 +76,7 @@ async function readBody(ctx: Context, limit: number): Promise<Buffer> {
   const parts: Buffer[] = [];
   let size = 0;
   try {
-    for await (const part of ctx.req as AsyncIterable<Buffer>) {
+    for await (const part of requestBody(ctx) as AsyncIterable<Buffer>) {
       size += part.length;
       if (size > limit) throw new RegistryError('MANIFEST_TOO_LARGE', `manifest exceeds ${limit} bytes`);
       parts.push(part);

@@ -1,11 +1,13 @@
 // Blob uploads: POST (start, monolithic, mount), PATCH (chunks), PUT (complete),
 // GET (status), DELETE (cancel) under /v2/<name>/blobs/uploads/.
+import { createHmac } from 'node:crypto';
 import type Router from '@koa/router';
 import type { Context } from 'koa';
 import { parseDigest } from '../../storage/digest.js';
 import { RegistryError } from '../../storage/errors.js';
 import type { Repository, UploadStatus } from '../../storage/repository.js';
 import { parseContentRange, uploadRange } from '../http-range.js';
+import { requestBody } from '../request-body.js';
 import { repositoryFor, routeParam, requireAccess, sendEmpty, urlBase, type AppServices } from '../context.js';
 
 const START = /^\/v2\/(.+)\/blobs\/uploads\/?$/;
@@ -19,9 +21,11 @@ const CHUNK_MIN_LENGTH = 1;
 export function uploadRoutes(router: Router, services: AppServices): void {
   const base = urlBase(services);
 
+  const secret = services.config.http.secret;
   const sendStatus = (ctx: Context, repo: Repository, status: UploadStatus, code: number): void => {
+    const state = secret ? `?_state=${encodeURIComponent(uploadStateToken(secret, repo.name, status))}` : '';
     ctx.set({
-      Location: `${base}/v2/${repo.name}/blobs/uploads/${status.id}`,
+      Location: `${base}/v2/${repo.name}/blobs/uploads/${status.id}${state}`,
       Range: uploadRange(status.size),
       'Docker-Upload-UUID': status.id,
       'OCI-Chunk-Min-Length': String(CHUNK_MIN_LENGTH),
@@ -49,7 +53,7 @@ export function uploadRoutes(router: Router, services: AppServices): void {
       const session = await repo.uploads.start();
       let blob;
       try {
-        blob = await repo.uploads.complete(session.id, wanted, ctx.req, { length });
+        blob = await repo.uploads.complete(session.id, wanted, requestBody(ctx), { length });
       } catch (err) {
         // Nobody knows this session's id: whatever it holds can never be resumed, and on a
         // full disk it would keep the space until upload purging (a week by default).
@@ -70,7 +74,7 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     const repo = await repositoryFor(ctx, services, ['pull', 'push']);
     const id = routeParam(ctx, 1);
     const chunk = await chunkOf(ctx, repo, id);
-    sendStatus(ctx, repo, await repo.uploads.append(id, ctx.req, chunk), 202);
+    sendStatus(ctx, repo, await repo.uploads.append(id, requestBody(ctx), chunk), 202);
   });
 
   router.put(SESSION, async (ctx) => {
@@ -81,7 +85,7 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     const wanted = parseDigest(digest);
     const hasBody = ctx.get('Transfer-Encoding') !== '' || (bodyLength(ctx) ?? 0) > 0;
     const chunk = hasBody ? await chunkOf(ctx, repo, id) : undefined;
-    const blob = await repo.uploads.complete(id, wanted, hasBody ? ctx.req : undefined, chunk);
+    const blob = await repo.uploads.complete(id, wanted, hasBody ? requestBody(ctx) : undefined, chunk);
     sendCreated(ctx, repo, blob.digest.value);
   });
 
@@ -90,6 +94,19 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     await repo.uploads.cancel(routeParam(ctx, 1));
     sendEmpty(ctx, 204);
   });
+}
+
+/**
+ * Distribution's `_state` token for an upload URL: base64url of HMAC-SHA256(http.secret,
+ * json) followed by the json, in Go's padded URL alphabet. wharf keeps an upload's state in storage and ignores the
+ * token; it hands one out so that, with the same http.secret, a client whose next request
+ * lands on a Distribution sharing the storage can continue the upload there.
+ */
+export function uploadStateToken(secret: string, name: string, status: UploadStatus): string {
+  const json = JSON.stringify({ Name: name, UUID: status.id, Offset: status.size, StartedAt: status.startedAt.toISOString() });
+  const mac = createHmac('sha256', secret).update(json).digest();
+  // Go's base64.URLEncoding: the URL alphabet with padding, which Distribution requires.
+  return Buffer.concat([mac, Buffer.from(json)]).toString('base64').replaceAll('+', '-').replaceAll('/', '_');
 }
 
 function bodyLength(ctx: Context): number | undefined {

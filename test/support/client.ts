@@ -39,6 +39,17 @@ export class RegistryClient {
       body: asBody(data),
       headers: { 'Content-Type': 'application/octet-stream' },
     });
+    if (res.status === 202) {
+      // Registries without single-request pushes (Distribution 2.8) open a session instead.
+      const location = res.headers.get('Location')!;
+      const put = await this.fetch(`${location}${location.includes('?') ? '&' : '?'}digest=${digest}`, {
+        method: 'PUT',
+        body: asBody(data),
+        headers: { 'Content-Type': 'application/octet-stream' },
+      });
+      if (put.status !== 201) throw new Error(`push blob: ${put.status} ${await put.text()}`);
+      return digest;
+    }
     if (res.status !== 201) throw new Error(`push blob: ${res.status} ${await res.text()}`);
     return digest;
   }

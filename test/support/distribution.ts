@@ -20,8 +20,34 @@ export interface DistributionProcess {
   stop(): Promise<void>;
 }
 
+/** Settings beyond the defaults (delete enabled, log level info, no upload purging). */
+export interface DistributionConfigOptions {
+  deleteEnabled?: boolean;
+  /** http.secret: the key Distribution signs upload state (`_state`) with. Default: none, so it makes up a random one. */
+  secret?: string;
+  /** compatibility.schema1.enabled: accept schema 1 manifest pushes. */
+  schema1?: boolean;
+  /** storage.maintenance.uploadpurging; default disabled. Durations in Go syntax ("1s", "168h"). */
+  uploadPurging?: { enabled: boolean; age?: string; interval?: string; dryrun?: boolean };
+  /** An `auth` section: htpasswd (Basic) or token (Bearer, JWTs checked against `rootcertbundle`). Default: none. */
+  auth?: {
+    htpasswd?: { realm: string; path: string };
+    token?: { realm: string; service: string; issuer: string; rootcertbundle: string };
+  };
+}
+
 /** A Distribution config.yml serving `root` (delete enabled, log level info). */
-export function distributionConfig(root: string, addr: string, deleteEnabled = true): string {
+export function distributionConfig(root: string, addr: string, deleteEnabled: boolean | DistributionConfigOptions = true): string {
+  const opts: DistributionConfigOptions = typeof deleteEnabled === 'boolean' ? { deleteEnabled } : deleteEnabled;
+  const purging = opts.uploadPurging ?? { enabled: false };
+  const purgingLines = purging.enabled
+    ? [
+        '      enabled: true',
+        `      age: ${purging.age ?? '168h'}`,
+        `      interval: ${purging.interval ?? '24h'}`,
+        `      dryrun: ${purging.dryrun ?? false}`,
+      ]
+    : ['      enabled: false'];
   return [
     'version: 0.1',
     'log:',
@@ -31,27 +57,43 @@ export function distributionConfig(root: string, addr: string, deleteEnabled = t
     '  filesystem:',
     `    rootdirectory: ${JSON.stringify(root)}`,
     '  delete:',
-    `    enabled: ${deleteEnabled}`,
+    `    enabled: ${opts.deleteEnabled ?? true}`,
     '  maintenance:',
     '    uploadpurging:',
-    '      enabled: false',
+    ...purgingLines,
     'http:',
     `  addr: ${addr}`,
+    ...(opts.secret !== undefined ? [`  secret: ${JSON.stringify(opts.secret)}`] : []),
     '  headers:',
     '    X-Content-Type-Options: [nosniff]',
+    ...(opts.schema1 ? ['compatibility:', '  schema1:', '    enabled: true'] : []),
+    ...authLines(opts.auth),
     '',
   ].join('\n');
 }
 
+function authLines(auth: DistributionConfigOptions['auth']): string[] {
+  if (auth?.htpasswd) return ['auth:', '  htpasswd:', `    realm: ${JSON.stringify(auth.htpasswd.realm)}`, `    path: ${JSON.stringify(auth.htpasswd.path)}`];
+  if (auth?.token) {
+    const t = auth.token;
+    return ['auth:', '  token:', ...Object.entries(t).map(([key, value]) => `    ${key}: ${JSON.stringify(value)}`)];
+  }
+  return [];
+}
+
 /** Writes a config.yml for `root` into a fresh temp dir; returns [dir, file]. */
-async function writeConfig(root: string, addr: string, deleteEnabled = true): Promise<[string, string]> {
+async function writeConfig(root: string, addr: string, opts: DistributionConfigOptions = {}): Promise<[string, string]> {
   const dir = await tempDir('wharf-e2e-dist-');
   const file = join(dir, 'config.yml');
-  await writeFile(file, distributionConfig(root, addr, deleteEnabled));
+  await writeFile(file, distributionConfig(root, addr, opts));
   return [dir, file];
 }
 
-export async function startDistribution(opts: { root: string; deleteEnabled?: boolean }): Promise<DistributionProcess> {
+export interface DistributionOptions extends DistributionConfigOptions {
+  root: string;
+}
+
+export async function startDistribution(opts: DistributionOptions): Promise<DistributionProcess> {
   // A port picked free can be taken before the registry binds it: try another one then.
   for (let attempt = 1; ; attempt++) {
     try {
@@ -62,11 +104,11 @@ export async function startDistribution(opts: { root: string; deleteEnabled?: bo
   }
 }
 
-async function startOnce(opts: { root: string; deleteEnabled?: boolean }): Promise<DistributionProcess> {
+async function startOnce(opts: DistributionOptions): Promise<DistributionProcess> {
   const binary = mustToolPath(DISTRIBUTION_BINARY);
   const port = await freePort();
   const host = `127.0.0.1:${port}`;
-  const [dir, configFile] = await writeConfig(opts.root, host, opts.deleteEnabled ?? true);
+  const [dir, configFile] = await writeConfig(opts.root, host, opts);
   // REGISTRY_* variables in our own environment would override the file; drop them.
   const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
   const proc = spawnLogged('distribution', binary, ['serve', configFile], {
@@ -76,7 +118,9 @@ async function startOnce(opts: { root: string; deleteEnabled?: boolean }): Promi
   });
   const url = `http://${host}`;
   try {
-    await waitForUrl(`${url}/v2/`, { process: proc, timeoutMs: 30_000, what: `docker-registry on ${host}` });
+    // With auth, /v2/ answers 401 once it is up.
+    const ready = opts.auth?.htpasswd || opts.auth?.token ? 401 : 200;
+    await waitForUrl(`${url}/v2/`, { process: proc, timeoutMs: 30_000, status: ready, what: `docker-registry on ${host}` });
     // Ours, not something else that took the port: it logs "listening on 127.0.0.1:PORT".
     await waitFor(() => proc.logTail(200).includes(`listening on ${host}`), { process: proc, timeoutMs: 10_000, what: `docker-registry to log it listens on ${host}` });
   } catch (err) {

@@ -4,7 +4,7 @@
 //    only, --network none) adds layers, one of them >= 50 MB of random data;
 //  - skopeo/podman/distribution: an OCI image layout (blobs + index.json) written in Node,
 //    optionally with an image index of several platforms, or tarred as an oci-archive.
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, sign as cryptoSign } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -525,4 +525,125 @@ export async function pushOciImageHttp(baseUrl: string, repo: string, tag: strin
     else await pushBlobMonolithic(baseUrl, repo, blob);
   }
   await pushManifestHttp(baseUrl, repo, tag, image.manifest, MT.ociManifest);
+}
+
+// ---------------------------------------------------------------------------------------
+// Docker schema 1 manifests (deprecated; still found in old Distribution data directories).
+
+export const SCHEMA1 = {
+  signed: 'application/vnd.docker.distribution.manifest.v1+prettyjws',
+  unsigned: 'application/vnd.docker.distribution.manifest.v1+json',
+} as const;
+
+export interface Schema1Manifest {
+  /** The manifest with its libtrust "signatures" block, as a client pushes it. */
+  signed: Buffer;
+  /** The payload alone (no signatures): what Distribution 2.3+ stores and digests. */
+  payload: Buffer;
+  /** Layer blobs, by digest (fsLayers[i].blobSum). */
+  layers: Map<string, Buffer>;
+}
+
+const b64url = (data: Uint8Array | string): string => Buffer.from(data).toString('base64url');
+
+/** libtrust's key id: SHA-256 of the DER public key, first 240 bits, base32 in groups of four. */
+function libtrustKeyId(der: Buffer): string {
+  const bytes = createHash('sha256').update(der).digest().subarray(0, 30);
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = 0;
+  let value = 0;
+  let out = '';
+  for (const b of bytes) {
+    value = (value << 8) | b;
+    bits += 8;
+    while (bits >= 5) {
+      out += alphabet[(value >>> (bits - 5)) & 31];
+      bits -= 5;
+    }
+  }
+  return out.match(/.{1,4}/g)!.join(':');
+}
+
+/**
+ * A schema 1 manifest signed the way docker 1.x / libtrust did it: the payload is Go's
+ * MarshalIndent with three spaces, the JWS "protected" header carries formatLength and
+ * formatTail, the signature is ES256 over `protected.payload` with a fresh P-256 key whose
+ * JWK (with its libtrust kid) is in the header. Distribution with schema 1 enabled verifies it.
+ */
+export function schema1Manifest(name: string, tag: string, layers: Buffer[], opts: { architecture?: string } = {}): Schema1Manifest {
+  const ids = layers.map(() => randomBytes(32).toString('hex'));
+  const manifest = {
+    schemaVersion: 1,
+    name,
+    tag,
+    architecture: opts.architecture ?? ociArch(),
+    // fsLayers and history run from the top layer down.
+    fsLayers: [...layers].reverse().map((l) => ({ blobSum: sha256(l) })),
+    history: ids
+      .map((id, i) => ({
+        v1Compatibility: JSON.stringify({
+          id,
+          ...(i > 0 ? { parent: ids[i - 1] } : {}),
+          created: '2015-06-01T00:00:00Z',
+          container_config: { Cmd: [`/bin/sh -c #(nop) layer ${i}`] },
+          ...(i === ids.length - 1 ? { architecture: opts.architecture ?? ociArch(), os: 'linux', config: { Cmd: ['/bin/sh'] } } : {}),
+        }),
+      }))
+      .reverse(),
+  };
+  const payload = Buffer.from(JSON.stringify(manifest, null, 3));
+  const closing = payload.lastIndexOf('}');
+  let formatLength = closing;
+  while (formatLength > 0 && /\s/.test(String.fromCharCode(payload[formatLength - 1]!))) formatLength--;
+  const formatTail = payload.subarray(formatLength);
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = publicKey.export({ format: 'jwk' });
+  const kid = libtrustKeyId(publicKey.export({ format: 'der', type: 'spki' }));
+  const time = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const protectedHeader = b64url(JSON.stringify({ formatLength, formatTail: b64url(formatTail), time }));
+  const signature = cryptoSign('sha256', Buffer.from(`${protectedHeader}.${b64url(payload)}`), { key: privateKey, dsaEncoding: 'ieee-p1363' });
+  const signatures = [
+    {
+      header: { jwk: { crv: jwk.crv, kid, kty: jwk.kty, x: jwk.x, y: jwk.y }, alg: 'ES256' },
+      signature: b64url(signature),
+      protected: protectedHeader,
+    },
+  ];
+  const block = JSON.stringify(signatures, null, 3).replace(/\n/g, '\n   ');
+  const signed = Buffer.concat([payload.subarray(0, formatLength), Buffer.from(`,\n   "signatures": ${block}\n}`)]);
+  return { signed, payload, layers: new Map(layers.map((l) => [sha256(l), l])) };
+}
+
+// ---------------------------------------------------------------------------------------
+// OCI 1.1 artifacts: manifests with an `artifactType`, the empty config and a `subject`.
+
+export const OCI_EMPTY = { mediaType: 'application/vnd.oci.empty.v1+json', data: Buffer.from('{}') } as const;
+
+export interface OciArtifact {
+  manifest: Buffer;
+  manifestDigest: string;
+  artifactType: string;
+  /** Every blob the manifest references (the empty config and the layers), by digest. */
+  blobs: Map<string, Buffer>;
+}
+
+/**
+ * An artifact manifest (e.g. an SBOM or a signature) whose `subject` is `subject`: config is
+ * the OCI empty descriptor, each of `files` one layer of media type `artifactType`.
+ */
+export function ociArtifact(subject: { mediaType: string; digest: string; size: number }, artifactType: string, files: Buffer[]): OciArtifact {
+  const layers = files.map((f) => ({ mediaType: artifactType, digest: sha256(f), size: f.length }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MT.ociManifest,
+      artifactType,
+      config: { mediaType: OCI_EMPTY.mediaType, digest: sha256(OCI_EMPTY.data), size: OCI_EMPTY.data.length },
+      layers,
+      subject,
+      annotations: { 'org.opencontainers.image.created': '2024-01-01T00:00:00Z' },
+    }),
+  );
+  const blobs = new Map<string, Buffer>([[sha256(OCI_EMPTY.data), OCI_EMPTY.data], ...files.map((f): [string, Buffer] => [sha256(f), f])]);
+  return { manifest, manifestDigest: sha256(manifest), artifactType, blobs };
 }

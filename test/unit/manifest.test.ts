@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MediaType, parseManifest } from '../../storage/manifest.js';
+import { MediaType, parseManifest, parseStoredManifest } from '../../storage/manifest.js';
 
 const digest = (c: string) => `sha256:${c.repeat(64)}`;
 const image = (extra: Record<string, unknown> = {}) => ({
@@ -46,7 +46,35 @@ describe('parseManifest', () => {
   it('rejects a Content-Type that contradicts the body', () => {
     expect(() => parseManifest(bytes(image()), MediaType.DockerManifest)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));
   });
-  it('refuses schema 1 as UNSUPPORTED', () => {
-    expect(() => parseManifest(bytes({ schemaVersion: 1, name: 'x', tag: 'y', fsLayers: [] }))).toThrow(expect.objectContaining({ code: 'UNSUPPORTED' }));
+  it('refuses schema 1 pushes as MANIFEST_INVALID, as Distribution 2.8 does', () => {
+    expect(() => parseManifest(bytes({ schemaVersion: 1, name: 'x', tag: 'y', fsLayers: [] }))).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));
+    expect(() => parseManifest(bytes({ schemaVersion: 1 }), 'application/vnd.docker.distribution.manifest.v1+prettyjws')).toThrow(
+      expect.objectContaining({ code: 'MANIFEST_INVALID' }),
+    );
+  });
+});
+
+describe('parseStoredManifest', () => {
+  const schema1 = (extra: Record<string, unknown> = {}) => ({
+    schemaVersion: 1,
+    name: 'old/app',
+    tag: 'v1',
+    architecture: 'amd64',
+    fsLayers: [{ blobSum: digest('d') }, { blobSum: digest('e') }, { blobSum: digest('d') }],
+    history: [{ v1Compatibility: '{}' }, { v1Compatibility: '{}' }, { v1Compatibility: '{}' }],
+    ...extra,
+  });
+
+  it('reads stored schema 1 manifests with their media type and layers (each once)', () => {
+    const signed = parseStoredManifest(bytes(schema1({ signatures: [{ header: {}, signature: 'x', protected: 'y' }] })));
+    expect(signed.mediaType).toBe(MediaType.DockerSchema1Signed);
+    expect(signed.blobs.map((b) => b.value)).toEqual([digest('d'), digest('e')]);
+    expect(signed.subject).toBeUndefined();
+    expect(parseStoredManifest(bytes(schema1())).mediaType).toBe(MediaType.DockerSchema1);
+  });
+
+  it('reads everything else as parseManifest does', () => {
+    expect(parseStoredManifest(bytes(image())).mediaType).toBe(MediaType.OciManifest);
+    expect(() => parseStoredManifest(Buffer.from('nope'))).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }));
   });
 });
