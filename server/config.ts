@@ -1,25 +1,37 @@
 // Configuration: Distribution's config.yml keys (where wharf has the feature) plus a few
 // wharf extensions, overridable by REGISTRY_* environment variables named by key path
 // (REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY -> storage.filesystem.rootdirectory).
-// Parsed once at start-up into a typed object; a bad value stops start-up with the key's
-// name; an unknown key is reported as a warning and otherwise ignored.
+// Parsed once at start-up into a typed object. It fails closed: a key wharf does not
+// implement, or does not know at all, stops start-up with the key's name, because running
+// without a setting that protects the registry (auth, client certificates, a storage
+// driver) would serve something else than the operator configured. Keys that only tune
+// something harmless are accepted and reported as ignored. server/config-keys.ts has the table.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { CONFIG_KEYS, ConfigError, NAMED_BY_STRING, isServiceLinkVariable, type KeyRule } from './config-keys.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
 export interface Config {
   version: string;
-  log: { level: LogLevel; accesslog: { disabled: boolean } };
+  log: {
+    level: LogLevel;
+    accesslog: { disabled: boolean };
+    /** Static fields added to every log line. */
+    fields: Record<string, unknown>;
+  };
   http: {
+    /** host:port for tcp, the socket's path for unix. */
     addr: string;
+    net: 'tcp' | 'unix';
     host?: string;
     prefix: string;
     secret?: string;
-    tls?: { certificate: string; key: string };
+    /** How long in-flight requests may finish after SIGTERM/SIGINT (ms). */
+    draintimeout: number;
+    tls?: { certificate: string; key: string; minimumtls: 'TLSv1.2' | 'TLSv1.3' };
     headers: Record<string, string[]>;
-    relativeurls: boolean;
   };
   storage: {
     driver: 'filesystem';
@@ -32,53 +44,20 @@ export interface Config {
     };
     /** wharf extension: how long tag and membership links are trusted from memory (ms). */
     cache: { linkttl: number };
-    redirect: { disable: boolean };
   };
-  /** Keys that were set but mean nothing to wharf (reported as warnings). */
-  unknownKeys: string[];
+  /** Largest `n` the catalog serves in one page. */
+  catalog: { maxentries: number };
+  /** Keys that were set but change nothing that matters (reported as warnings at start-up). */
+  ignoredKeys: IgnoredKey[];
 }
 
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
+export interface IgnoredKey {
+  /** The key's path, or the variable's name when it is not configuration at all. */
+  key: string;
+  reason: string;
 }
 
-type Kind = 'string' | 'bool' | 'duration' | 'level' | 'headers' | 'any';
-/** Every key wharf understands, by path. `any` accepts and ignores a subtree (known to Distribution). */
-const SCHEMA: Record<string, Kind> = {
-  version: 'string',
-  'log.level': 'level',
-  'log.formatter': 'string',
-  'log.fields': 'any',
-  'log.accesslog.disabled': 'bool',
-  loglevel: 'level',
-  'http.addr': 'string',
-  'http.net': 'string',
-  'http.host': 'string',
-  'http.prefix': 'string',
-  'http.secret': 'string',
-  'http.relativeurls': 'bool',
-  'http.draintimeout': 'duration',
-  'http.tls.certificate': 'string',
-  'http.tls.key': 'string',
-  'http.headers': 'headers',
-  'http.debug': 'any',
-  'http.http2': 'any',
-  'storage.filesystem.rootdirectory': 'string',
-  'storage.filesystem.maxthreads': 'any',
-  'storage.filesystem.fsync': 'bool',
-  'storage.delete.enabled': 'bool',
-  'storage.maintenance.uploadpurging.enabled': 'bool',
-  'storage.maintenance.uploadpurging.age': 'duration',
-  'storage.maintenance.uploadpurging.interval': 'duration',
-  'storage.maintenance.uploadpurging.dryrun': 'bool',
-  'storage.maintenance.readonly.enabled': 'bool',
-  'storage.cache.blobdescriptor': 'any',
-  'storage.cache.blobdescriptorsize': 'any',
-  'storage.cache.linkttl': 'duration',
-  'storage.redirect.disable': 'bool',
-  'storage.tag.concurrencylimit': 'any',
-  health: 'any',
-};
+export { ConfigError };
 
 export interface LoadOptions {
   /** Path of a config.yml; none means defaults plus environment. */
@@ -86,9 +65,14 @@ export interface LoadOptions {
   env?: Record<string, string | undefined>;
 }
 
+/** The config file's path: main.ts reads it, it is no key. */
+const CONFIGURATION_PATH_VARIABLE = 'REGISTRY_CONFIGURATION_PATH';
+const DEFAULT_DRAIN_MS = 25_000;
+const DEFAULT_CATALOG_MAX_ENTRIES = 10_000;
+
 export function loadConfig(options: LoadOptions = {}): Config {
-  const values = new Map<string, unknown>();
-  const unknownKeys: string[] = [];
+  const settings: Settings = new Map();
+  const ignoredKeys: IgnoredKey[] = [];
   if (options.file) {
     let doc: unknown;
     try {
@@ -96,45 +80,210 @@ export function loadConfig(options: LoadOptions = {}): Config {
     } catch (err) {
       throw new ConfigError(`cannot read configuration ${options.file}: ${(err as Error).message}`);
     }
-    if (doc !== null && doc !== undefined) flatten(doc, '', values, unknownKeys);
+    if (doc !== null && doc !== undefined && !isMap(doc)) {
+      throw new ConfigError(`${options.file}: expected a map of configuration sections`);
+    }
+    collect(KEY_TREE, doc, [], settings, undefined);
   }
-  for (const [name, raw] of Object.entries(options.env ?? process.env)) {
-    if (!name.startsWith('REGISTRY_') || raw === undefined) continue;
-    const key = name.slice('REGISTRY_'.length).toLowerCase().replaceAll('_', '.');
-    const kind = kindOf(key);
-    if (!kind) {
-      unknownKeys.push(name);
+  // Sorted, as Distribution does, so that a variable naming a whole section (REGISTRY_STORAGE)
+  // comes before the keys inside it (REGISTRY_STORAGE_DELETE_ENABLED).
+  const env = Object.entries(options.env ?? process.env).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  for (const [name, raw] of env) {
+    if (!name.startsWith('REGISTRY_') || raw === undefined || name === CONFIGURATION_PATH_VARIABLE) continue;
+    if (isServiceLinkVariable(name, raw)) {
+      ignoredKeys.push({ key: name, reason: 'a Kubernetes or Docker service link variable, not configuration' });
       continue;
     }
-    values.set(key, raw);
+    applyVariable(name, raw, settings);
   }
-  return build(values, unknownKeys);
+  return build(applyRules(settings, ignoredKeys), ignoredKeys);
 }
 
-function kindOf(key: string): Kind | undefined {
-  if (SCHEMA[key]) return SCHEMA[key];
-  for (const [path, kind] of Object.entries(SCHEMA)) {
-    if ((kind === 'any' || kind === 'headers') && key.startsWith(`${path}.`)) return 'any';
-  }
-  return undefined;
+// ---------------------------------------------------------------------------------------
+// Which rule governs a key: CONFIG_KEYS as a tree of sections.
+
+type KeyNode = Section | { rule: KeyRule };
+interface Section {
+  children: Map<string, KeyNode>;
+  /** The `*` entry: any other name. */
+  other?: KeyNode;
 }
 
-function flatten(node: unknown, prefix: string, out: Map<string, unknown>, unknown: string[]): void {
-  const kind = prefix ? kindOf(prefix) : undefined;
-  if (kind) {
-    out.set(prefix, node);
+const KEY_TREE = buildKeyTree(CONFIG_KEYS);
+
+function buildKeyTree(keys: Record<string, KeyRule>): Section {
+  const root: Section = { children: new Map() };
+  for (const [path, rule] of Object.entries(keys)) {
+    const segments = path.split('.');
+    const last = segments.pop()!;
+    let section = root;
+    for (const segment of segments) {
+      let next = section.children.get(segment);
+      if (next === undefined) section.children.set(segment, (next = { children: new Map() }));
+      if ('rule' in next) throw new Error(`CONFIG_KEYS: ${path} lies below the rule for ${segment}`);
+      section = next;
+    }
+    if (last === '*') section.other = { rule };
+    else section.children.set(last, { rule });
+  }
+  return root;
+}
+
+/** One key as set by the file or the environment; `rule` undefined: an unknown key. */
+interface Setting {
+  value: unknown;
+  rule: KeyRule | undefined;
+  /** The variable that set it, if the environment did. */
+  variable?: string;
+  /** Matched by a `*` entry: its name alone matters (`auth: { htpasswd: }` selects htpasswd). */
+  named?: boolean;
+}
+type Settings = Map<string, Setting>;
+
+/** Records `value` found at `path` (governed by `node`) as settings, one per rule or unknown key. */
+function collect(node: KeyNode, value: unknown, path: string[], out: Settings, variable: string | undefined, named = false): void {
+  const key = path.join('.');
+  if ('rule' in node) {
+    out.set(key, { value, rule: node.rule, variable, named });
     return;
   }
-  if (typeof node === 'object' && node !== null && !Array.isArray(node)) {
-    for (const [k, v] of Object.entries(node)) flatten(v, prefix ? `${prefix}.${k}` : k, out, unknown);
+  if (value === null || value === undefined || value === '') return; // an empty section
+  if (typeof value === 'string' && NAMED_BY_STRING.has(key)) value = { [value]: null };
+  if (!isMap(value)) {
+    out.set(key, { value, rule: { invalid: 'expected a map of settings' }, variable });
     return;
   }
-  // A value that is null under a known section (e.g. `storage: { filesystem: }`) is fine.
-  if (node === null && Object.keys(SCHEMA).some((p) => p.startsWith(`${prefix}.`))) return;
-  unknown.push(prefix);
+  for (const [name, child] of Object.entries(value)) {
+    const childNode = node.children.get(name) ?? node.other;
+    if (childNode) collect(childNode, child, [...path, name], out, variable, !node.children.has(name));
+    else out.set([...path, name].join('.'), { value: child, rule: undefined, variable });
+  }
 }
 
-function build(values: Map<string, unknown>, unknownKeys: string[]): Config {
+/** REGISTRY_A_B_C sets a.b.c; values of maps and sections are YAML, as in Distribution. */
+function applyVariable(name: string, raw: string, out: Settings): void {
+  const segments = name.slice('REGISTRY_'.length).toLowerCase().split('_');
+  let node: KeyNode = KEY_TREE;
+  let depth = 0;
+  let named = false;
+  while (!('rule' in node) && depth < segments.length) {
+    const next: KeyNode | undefined = node.children.get(segments[depth]!) ?? node.other;
+    if (next === undefined) {
+      out.set(segments.join('.'), { value: raw, rule: undefined, variable: name });
+      return;
+    }
+    named = !node.children.has(segments[depth]!);
+    node = next;
+    depth++;
+  }
+  const path = segments.slice(0, depth);
+  const key = path.join('.');
+  const rest = segments.slice(depth);
+  if (!('rule' in node)) {
+    // The variable names a whole section: its value replaces the section, as in Distribution.
+    for (const existing of [...out.keys()]) if (existing === key || existing.startsWith(`${key}.`)) out.delete(existing);
+    collect(node, parseVariable(name, raw), path, out, name);
+    return;
+  }
+  const { rule } = node;
+  if ('serve' in rule && (rule.serve === 'headers' || rule.serve === 'fields')) {
+    const value = parseVariable(name, raw);
+    if (rest.length === 0) {
+      out.set(key, { value, rule, variable: name });
+      return;
+    }
+    // REGISTRY_HTTP_HEADERS_X_FRAME_OPTIONS: one entry of the map, added to the file's.
+    const entry = rule.serve === 'headers' ? canonicalHeaderName(rest.join('-')) : rest.join('_');
+    const current = out.get(key)?.value;
+    const map = Object.fromEntries(
+      Object.entries(isMap(current) ? current : {}).filter(([k]) => k.toLowerCase() !== entry.toLowerCase()),
+    );
+    map[entry] = value;
+    out.set(key, { value: map, rule, variable: name });
+    return;
+  }
+  if ('serve' in rule) {
+    if (rest.length > 0) out.set(segments.join('.'), { value: raw, rule: undefined, variable: name });
+    else out.set(key, { value: raw, rule, variable: name });
+    return;
+  }
+  // Ignored or refused: which key is set is what counts; byValue rules read the value.
+  const value = rest.length > 0 ? { [rest.join('_')]: raw } : parseVariable(name, raw);
+  out.set(key, { value, rule, variable: name, named });
+}
+
+function parseVariable(name: string, raw: string): unknown {
+  try {
+    return parseYaml(raw);
+  } catch (err) {
+    throw new ConfigError(`${name}: not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+}
+
+/**
+ * Applies each setting's rule: served values are returned by key, ignored ones reported;
+ * anything refused, unknown or invalid stops start-up, all of them named at once.
+ */
+function applyRules(settings: Settings, ignoredKeys: IgnoredKey[]): Map<string, unknown> {
+  const values = new Map<string, unknown>();
+  const problems: string[] = [];
+  for (const [key, setting] of settings) {
+    const where = setting.variable ? `${key} (${setting.variable})` : key;
+    const remedy = setting.variable
+      ? `unset ${setting.variable}`
+      : `remove the ${isMap(setting.value) ? 'section' : 'key'}`;
+    let rule = setting.rule;
+    if (rule === undefined) {
+      problems.push(
+        `${where}: unknown configuration key, not supported by this version of wharf ` +
+          `(a typo, or a setting of a newer Distribution); ${remedy} or correct its name`,
+      );
+      continue;
+    }
+    if ('serve' in rule) {
+      values.set(key, setting.value);
+      continue;
+    }
+    // `proxy:` or `clientcas: []` configure nothing; a named entry (`auth: { silly: }`) does.
+    if (!setting.named && isUnset(setting.value)) continue;
+    while ('byValue' in rule) rule = rule.byValue(setting.value);
+    if ('serve' in rule) values.set(key, setting.value);
+    else if ('ignore' in rule) ignoredKeys.push({ key, reason: rule.ignore });
+    else if ('invalid' in rule) problems.push(`${where}: ${rule.invalid}`);
+    else {
+      const feature = typeof rule.refuse === 'function' ? rule.refuse(key.slice(key.lastIndexOf('.') + 1)) : rule.refuse;
+      const hint = rule.hint ? ` (${rule.hint})` : '';
+      problems.push(`${where}: ${feature} is not supported by this version of wharf${hint}; ${remedy} or run a wharf that supports it`);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems.join('\n'));
+  return values;
+}
+
+function isMap(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function isUnset(value: unknown): boolean {
+  if (value === null || value === undefined || value === '') return true;
+  if (Array.isArray(value)) return value.length === 0;
+  return isMap(value) && Object.keys(value).length === 0;
+}
+
+/** x-frame-options -> X-Frame-Options, as Go's http.Header spells names. */
+function canonicalHeaderName(name: string): string {
+  return name.toLowerCase().replace(/(^|-)([a-z])/g, (_, dash: string, letter: string) => dash + letter.toUpperCase());
+}
+
+// ---------------------------------------------------------------------------------------
+// Served values into the typed Config.
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const TLS_VERSIONS: Record<string, 'TLSv1.2' | 'TLSv1.3'> = { 'tls1.2': 'TLSv1.2', 'tls1.3': 'TLSv1.3' };
+/** Keys pino writes itself on every line; a static field must not shadow them. */
+const LOG_OWN_KEYS = new Set(['level', 'time', 'msg']);
+
+function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config {
   const str = (key: string, fallback: string): string => {
     const v = values.get(key);
     if (v === undefined || v === null) return fallback;
@@ -156,38 +305,84 @@ function build(values: Map<string, unknown>, unknownKeys: string[]): Config {
     if (ms === undefined) throw new ConfigError(`${key}: expected a duration like 10s, 5m or 168h, got ${JSON.stringify(v)}`);
     return ms;
   };
+  const map = (key: string, expected: string): Record<string, unknown> => {
+    const v = values.get(key) ?? {};
+    if (!isMap(v)) throw new ConfigError(`${key}: expected ${expected}`);
+    return v;
+  };
+
+  const version = str('version', '0.1');
+  if (version !== '0.1') throw new ConfigError(`version: only configuration version 0.1 is supported, got ${JSON.stringify(version)}`);
   const level = str('log.level', str('loglevel', 'info')).toLowerCase();
   if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(level)) {
     throw new ConfigError(`log.level: expected one of error, warn, info, debug, got ${JSON.stringify(level)}`);
   }
+  const fields = map('log.fields', 'a map of field name to value');
+  for (const name of Object.keys(fields)) {
+    if (LOG_OWN_KEYS.has(name)) throw new ConfigError(`log.fields.${name}: wharf writes this field itself; choose another name`);
+  }
+
+  const net = str('http.net', 'tcp') || 'tcp';
+  if (net !== 'tcp' && net !== 'unix') throw new ConfigError(`http.net: expected tcp or unix, got ${JSON.stringify(net)}`);
   const addr = str('http.addr', ':5000');
-  parseListenAddress(addr, 'http.addr');
+  if (net === 'tcp') parseListenAddress(addr, 'http.addr');
+  else if (!values.has('http.addr') || addr.trim() === '') {
+    throw new ConfigError('http.addr: with http.net: unix, set it to the path of the socket');
+  }
   const prefix = str('http.prefix', '/').replace(/\/+$/, '');
   const certificate = optStr('http.tls.certificate');
   const key = optStr('http.tls.key');
   if ((certificate === undefined) !== (key === undefined)) {
     throw new ConfigError('http.tls: both certificate and key must be set');
   }
-  const headers = values.get('http.headers') ?? {};
-  if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) {
-    throw new ConfigError('http.headers: expected a map of header name to list of values');
+  const minimumtls = str('http.tls.minimumtls', 'tls1.2').toLowerCase();
+  if (minimumtls === 'tls1.0' || minimumtls === 'tls1.1') {
+    throw new ConfigError(
+      `http.tls.minimumtls: ${minimumtls} is not supported by this version of wharf (it serves TLS 1.2 and 1.3 only); set tls1.2 or tls1.3`,
+    );
   }
-  const headerMap: Record<string, string[]> = {};
-  for (const [name, v] of Object.entries(headers as Record<string, unknown>)) {
-    headerMap[name] = (Array.isArray(v) ? v : [v]).map(String);
+  const minVersion = TLS_VERSIONS[minimumtls];
+  if (!minVersion) throw new ConfigError(`http.tls.minimumtls: expected tls1.2 or tls1.3, got ${JSON.stringify(minimumtls)}`);
+
+  const headers: Record<string, string[]> = {};
+  for (const [name, v] of Object.entries(map('http.headers', 'a map of header name to list of values'))) {
+    if (!HEADER_NAME.test(name)) throw new ConfigError(`http.headers: ${JSON.stringify(name)} is not a valid header name`);
+    const list = (Array.isArray(v) ? v : [v]).map((item) => {
+      if (typeof item !== 'string' && typeof item !== 'number' && typeof item !== 'boolean') {
+        throw new ConfigError(`http.headers.${name}: expected a list of strings`);
+      }
+      const text = String(item);
+      // Node would refuse such a value on every response.
+      if (/[\0\r\n]/.test(text)) throw new ConfigError(`http.headers.${name}: a value contains a line break or NUL`);
+      return text;
+    });
+    headers[name] = list;
   }
+
+  const maxentriesValue = values.get('catalog.maxentries');
+  let maxentries = DEFAULT_CATALOG_MAX_ENTRIES;
+  if (maxentriesValue !== undefined && maxentriesValue !== null) {
+    const n = Number(maxentriesValue);
+    if (typeof maxentriesValue === 'boolean' || !Number.isInteger(n)) {
+      throw new ConfigError(`catalog.maxentries: expected a whole number, got ${JSON.stringify(maxentriesValue)}`);
+    }
+    // As in Distribution, zero or less means the default.
+    if (n > 0) maxentries = n;
+  }
+
   const rootdirectory = resolve(str('storage.filesystem.rootdirectory', './data'));
   return {
-    version: str('version', '0.1'),
-    log: { level: level as LogLevel, accesslog: { disabled: bool('log.accesslog.disabled', false) } },
+    version,
+    log: { level: level as LogLevel, accesslog: { disabled: bool('log.accesslog.disabled', false) }, fields },
     http: {
       addr,
+      net,
       host: optStr('http.host'),
       prefix,
       secret: optStr('http.secret'),
-      tls: certificate && key ? { certificate, key } : undefined,
-      headers: headerMap,
-      relativeurls: bool('http.relativeurls', false),
+      draintimeout: duration('http.draintimeout', DEFAULT_DRAIN_MS),
+      tls: certificate && key ? { certificate, key, minimumtls: minVersion } : undefined,
+      headers,
     },
     storage: {
       driver: 'filesystem',
@@ -203,9 +398,9 @@ function build(values: Map<string, unknown>, unknownKeys: string[]): Config {
         readonly: { enabled: bool('storage.maintenance.readonly.enabled', false) },
       },
       cache: { linkttl: duration('storage.cache.linkttl', 1000) },
-      redirect: { disable: bool('storage.redirect.disable', false) },
     },
-    unknownKeys,
+    catalog: { maxentries },
+    ignoredKeys,
   };
 }
 

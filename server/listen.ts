@@ -15,6 +15,7 @@ import { createApp } from './app.js';
 import { createLogger } from './logger.js';
 
 export interface RunningServer {
+  /** The TCP port listened on; 0 on a unix socket (http.net: unix). */
   port: number;
   server: Server;
   registry: LocalRegistry;
@@ -46,8 +47,11 @@ function answerRaw(socket: Duplex, status: number, text: string, message: string
   );
 }
 
-export async function startRegistryServer(config: Config, logger: Logger = createLogger(config.log.level)): Promise<RunningServer> {
-  for (const key of config.unknownKeys) logger.warn({ key }, 'unknown configuration key ignored');
+export async function startRegistryServer(
+  config: Config,
+  logger: Logger = createLogger(config.log.level, config.log.fields),
+): Promise<RunningServer> {
+  for (const { key, reason } of config.ignoredKeys) logger.warn({ key, reason }, 'configuration key ignored');
   const root = config.storage.filesystem.rootdirectory;
   await mkdir(root, { recursive: true });
   const driver = new FilesystemDriver({ rootDirectory: root, fsync: config.storage.filesystem.fsync });
@@ -66,8 +70,12 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
   const idleGc = startIdleCollection(() => requests);
   // Node answers a missing Host itself, with an empty 400; wharf builds no URL from Host.
   const serverOptions = { requireHostHeader: false };
-  const server = config.http.tls
-    ? createHttpsServer({ ...serverOptions, cert: readFileSync(config.http.tls.certificate), key: readFileSync(config.http.tls.key) }, handler)
+  const { tls } = config.http;
+  const server = tls
+    ? createHttpsServer(
+        { ...serverOptions, cert: readFileSync(tls.certificate), key: readFileSync(tls.key), minVersion: tls.minimumtls },
+        handler,
+      )
     : createHttpServer(serverOptions, handler);
   // Registries serve long uploads and pulls: no whole-request timeout, but idle
   // keep-alive connections are closed and headers must arrive promptly.
@@ -90,16 +98,22 @@ export async function startRegistryServer(config: Config, logger: Logger = creat
   });
   server.on('connect', (_req, socket: Duplex) => answerRaw(socket, 405, 'Method Not Allowed', 'CONNECT is not supported'));
 
-  const { host, port } = parseListenAddress(config.http.addr);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, host, () => {
+    const listening = (): void => {
       server.off('error', reject);
       resolve();
-    });
+    };
+    if (config.http.net === 'unix') {
+      server.listen(config.http.addr, listening);
+    } else {
+      const { host, port } = parseListenAddress(config.http.addr);
+      server.listen(port, host, listening);
+    }
   });
-  const actualPort = (server.address() as AddressInfo).port;
-  logger.info({ addr: config.http.addr, port: actualPort, root, tls: Boolean(config.http.tls) }, 'wharf listening');
+  const address = server.address();
+  const actualPort = typeof address === 'object' && address !== null ? (address as AddressInfo).port : 0;
+  logger.info({ addr: config.http.addr, net: config.http.net, port: actualPort, root, tls: Boolean(tls) }, 'wharf listening');
 
   const purging = config.storage.maintenance.uploadpurging;
   let purgeTimer: NodeJS.Timeout | undefined;

@@ -9,17 +9,20 @@
 import { randomUUID } from 'node:crypto';
 import type Koa from 'koa';
 import type { Context, Next } from 'koa';
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
 import type { LogLevel } from './config.js';
 
-export function createLogger(level: LogLevel): Logger {
-  return pino({
+/** `fields` (config log.fields) go on every line, after wharf's own `service`, so they may replace it. */
+export function createLogger(level: LogLevel, fields: Record<string, unknown> = {}, destination?: DestinationStream): Logger {
+  const options = {
     level,
-    base: { service: 'wharf' },
+    base: { service: 'wharf', ...fields },
     // Credentials never reach the logs: nothing logs headers or config secrets today, and
     // these paths keep it so if someone logs a request or its headers.
     redact: { paths: ['req.headers.authorization', 'headers.authorization', 'headers.cookie'], censor: '[redacted]' },
-  });
+  };
+  // Without a destination pino writes to stdout its own (fastest) way.
+  return destination ? pino(options, destination) : pino(options);
 }
 
 const SANE_ID = /^[A-Za-z0-9._:-]{1,128}$/;

@@ -48,16 +48,19 @@ async function main(argv: string[]): Promise<number> {
     config = loadConfig({ file, env: process.env });
   } catch (err) {
     if (err instanceof ConfigError) {
-      process.stderr.write(`wharf: configuration error: ${err.message}\n`);
+      // One line per problem: every refused or unknown key is named at once.
+      for (const line of err.message.split('\n')) process.stderr.write(`wharf: configuration error: ${line}\n`);
       return 1;
     }
     throw err;
   }
   const running = await startRegistryServer(config);
+  const drainMs = config.http.draintimeout;
   const stop = (signal: string): void => {
-    running.logger.info({ signal }, 'shutting down');
-    running.close().then(() => process.exit(0));
-    setTimeout(() => process.exit(0), 25_000).unref();
+    running.logger.info({ signal, drainMs }, 'shutting down');
+    running.close(drainMs).then(() => process.exit(0));
+    // close() cuts the remaining connections after drainMs; this only guards against a hang.
+    setTimeout(() => process.exit(0), drainMs + 5_000).unref();
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));

@@ -13,10 +13,11 @@ const CATALOG_DEFAULT_PAGE = 1000;
 
 export function listingRoutes(router: Router, services: AppServices): void {
   const base = urlBase(services);
+  const catalogMax = services.config.catalog.maxentries;
 
   router.get('/v2/_catalog', async (ctx) => {
     await requireAccess(ctx, services, [{ type: 'registry', name: 'catalog', actions: ['*'] }]);
-    const page = parsePage(ctx, CATALOG_DEFAULT_PAGE, MAX_PAGE);
+    const page = parsePage(ctx, Math.min(CATALOG_DEFAULT_PAGE, catalogMax), catalogMax);
     const names = await services.registry.catalog(page.limit + 1, page.last);
     ctx.body = { repositories: paginate(ctx, names, { ...page, last: undefined }, `${base}/v2/_catalog`) };
   });

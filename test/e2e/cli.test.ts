@@ -2,6 +2,7 @@
 // build when it is current and the TypeScript sources (through tsx) when it is not.
 import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { cp, mkdtemp, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,9 +10,9 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
-function run(bin: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+function run(bin: string, args: string[], env?: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(bin, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(bin, args, { timeout: 30_000, env }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
       resolve({ code, stdout, stderr });
     });
@@ -54,6 +55,42 @@ describe('the wharf command', () => {
       const fromSources = await run(bin, ['--version']);
       expect(fromSources.code).toBe(0);
       expect(fromSources.stdout).toMatch(/^wharf \d+\.\d+\.\d+\n$/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses to start on configuration it does not implement, naming the key', async () => {
+    const bin = join(ROOT, 'bin', 'wharf.js');
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-cli-config-'));
+    // Only what the test sets: REGISTRY_* variables of the calling shell stay out. Should
+    // wharf start after all, it listens on a free port over a temporary root.
+    const env: NodeJS.ProcessEnv = {
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_') && !k.startsWith('VITEST'))),
+      REGISTRY_HTTP_ADDR: '127.0.0.1:0',
+      REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: join(dir, 'data'),
+    };
+    delete env.NODE_OPTIONS;
+    try {
+      const file = join(dir, 'config.yml');
+      await writeFile(file, 'version: 0.1\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: /etc/registry/htpasswd\n');
+      const auth = await run(bin, ['serve', file], env);
+      expect(auth.code).toBe(1);
+      expect(auth.stderr).toBe(
+        'wharf: configuration error: auth.htpasswd: authentication is not supported by this version of wharf; ' +
+          'remove the section or run a wharf that supports it\n',
+      );
+
+      const s3 = await run(bin, ['serve'], { ...env, REGISTRY_STORAGE: 's3' });
+      expect(s3.code).toBe(1);
+      expect(s3.stderr).toMatch(/^wharf: configuration error: storage\.s3 \(REGISTRY_STORAGE\): the s3 storage driver is not supported/);
+
+      if (existsSync('/etc/docker/registry/config.yml')) {
+        // Debian's shipped config turns on htpasswd: wharf would otherwise serve it open.
+        const debian = await run(bin, ['serve', '/etc/docker/registry/config.yml'], env);
+        expect(debian.code).toBe(1);
+        expect(debian.stderr).toContain('auth.htpasswd');
+      }
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -25,17 +25,24 @@ const tempDir = async (): Promise<string> => {
 };
 
 describe('configuration file', () => {
-  it('reads Distribution keys from YAML, env wins, unknown keys are reported', async () => {
+  it('reads Distribution keys from YAML, env wins, ignored keys are reported', async () => {
     const dir = await tempDir();
     const file = join(dir, 'config.yml');
-    await writeFile(file, `version: 0.1\nlog:\n  level: debug\nhttp:\n  addr: :5001\n  secret: s3cret\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\nbogus:\n  key: 1\n`);
+    await writeFile(file, `version: 0.1\nlog:\n  level: debug\nhttp:\n  addr: :5001\n  secret: s3cret\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\n`);
     const config = loadConfig({ file, env: { REGISTRY_HTTP_ADDR: '127.0.0.1:0' } });
     expect(config.log.level).toBe('debug');
     expect(config.http.addr).toBe('127.0.0.1:0');
     expect(config.http.secret).toBe('s3cret');
     expect(config.storage.filesystem.rootdirectory).toBe(`${dir}/data`);
     expect(config.storage.delete.enabled).toBe(true);
-    expect(config.unknownKeys).toEqual(['bogus.key']);
+    expect(config.ignoredKeys.map((k) => k.key)).toEqual(['storage.cache.blobdescriptor']);
+  });
+
+  it('refuses to start on an unknown key in a file, naming it', async () => {
+    const dir = await tempDir();
+    const file = join(dir, 'config.yml');
+    await writeFile(file, 'version: 0.1\nbogus:\n  key: 1\n');
+    expect(() => loadConfig({ file, env: {} })).toThrow(/^bogus: unknown configuration key/);
   });
 
   it('names the key of a bad value in a file', async () => {
