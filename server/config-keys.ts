@@ -9,7 +9,7 @@ export class ConfigError extends Error {
 }
 
 /** How a served key's value is parsed. */
-export type ValueKind = 'string' | 'bool' | 'duration' | 'level' | 'int' | 'headers' | 'fields';
+export type ValueKind = 'string' | 'bool' | 'duration' | 'level' | 'int' | 'headers' | 'fields' | 'map' | 'list';
 
 export type KeyRule =
   | { serve: ValueKind }
@@ -81,7 +81,16 @@ export const CONFIG_KEYS: Record<string, KeyRule> = {
   'storage.tag.concurrencylimit': { ignore: 'wharf reads tags without a separate concurrency limit' },
 
   'auth.*': { refuse: 'authentication' },
-  proxy: { refuse: 'the pull-through cache (proxy)' },
+  // The pull-through mirror: Distribution's keys, then wharf's (server/config-proxy.ts).
+  'proxy.remoteurl': { serve: 'string' },
+  'proxy.username': { serve: 'string' },
+  'proxy.password': { serve: 'string' },
+  'proxy.ttl': { serve: 'duration' },
+  'proxy.upstreams': { serve: 'map' },
+  'proxy.localnamespaces': { serve: 'list' },
+  'proxy.prefetch': { serve: 'bool' },
+  'proxy.cachesize': { serve: 'string' },
+  'proxy.maxbandwidth': { serve: 'string' },
   notifications: { refuse: 'webhook notification' },
   redis: { refuse: 'redis' },
   middleware: { refuse: 'middleware' },

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { CONFIG_KEYS, ConfigError, NAMED_BY_STRING, isServiceLinkVariable, type KeyRule } from './config-keys.js';
+import { buildProxyConfig, type ProxyConfig } from './config-proxy.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
@@ -47,6 +48,8 @@ export interface Config {
   };
   /** Largest `n` the catalog serves in one page. */
   catalog: { maxentries: number };
+  /** The pull-through mirror; undefined: a plain registry. */
+  proxy?: ProxyConfig;
   /** Keys that were set but change nothing that matters (reported as warnings at start-up). */
   ignoredKeys: IgnoredKey[];
 }
@@ -186,7 +189,7 @@ function applyVariable(name: string, raw: string, out: Settings): void {
     return;
   }
   const { rule } = node;
-  if ('serve' in rule && (rule.serve === 'headers' || rule.serve === 'fields')) {
+  if ('serve' in rule && (rule.serve === 'headers' || rule.serve === 'fields' || rule.serve === 'map')) {
     const value = parseVariable(name, raw);
     if (rest.length === 0) {
       out.set(key, { value, rule, variable: name });
@@ -204,7 +207,7 @@ function applyVariable(name: string, raw: string, out: Settings): void {
   }
   if ('serve' in rule) {
     if (rest.length > 0) out.set(segments.join('.'), { value: raw, rule: undefined, variable: name });
-    else out.set(key, { value: raw, rule, variable: name });
+    else out.set(key, { value: rule.serve === 'list' ? parseVariable(name, raw) : raw, rule, variable: name });
     return;
   }
   // Ignored or refused: which key is set is what counts; byValue rules read the value.
@@ -400,6 +403,7 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
       cache: { linkttl: duration('storage.cache.linkttl', 1000) },
     },
     catalog: { maxentries },
+    proxy: buildProxyConfig(values, duration),
     ignoredKeys,
   };
 }

@@ -12,6 +12,7 @@ import { LocalRegistry } from '../storage/local-registry.js';
 import { purgeUploads } from '../storage/upload-purge.js';
 import { parseListenAddress, type Config } from './config.js';
 import { createApp } from './app.js';
+import { createMirror, type Mirror } from './mirror-setup.js';
 import { createLogger } from './logger.js';
 
 export interface RunningServer {
@@ -19,6 +20,8 @@ export interface RunningServer {
   port: number;
   server: Server;
   registry: LocalRegistry;
+  /** The pull-through mirror in front of `registry`, when proxy is configured. */
+  mirror?: Mirror;
   logger: Logger;
   /** Stops accepting, lets in-flight requests finish, cuts the rest after `graceMs`. */
   close(graceMs?: number): Promise<void>;
@@ -59,7 +62,8 @@ export async function startRegistryServer(
     deleteEnabled: config.storage.delete.enabled,
     linkCacheTtlMs: config.storage.cache.linkttl,
   });
-  const app = createApp({ config, registry, access: allowAll, logger });
+  const mirror = config.proxy ? createMirror(registry, config.proxy, logger) : undefined;
+  const app = createApp({ config, registry: mirror?.registry ?? registry, access: allowAll, logger });
 
   const callback = app.callback();
   let requests = 0;
@@ -134,6 +138,7 @@ export async function startRegistryServer(
     port: actualPort,
     server,
     registry,
+    mirror,
     logger,
     close: (graceMs = 25_000) =>
       new Promise<void>((resolve) => {
@@ -146,7 +151,8 @@ export async function startRegistryServer(
         server.close(() => {
           clearInterval(sweep);
           clearTimeout(deadline);
-          resolve();
+          // Downloads under way stop with the server; their sessions are removed.
+          void (mirror?.close() ?? Promise.resolve()).catch(() => undefined).then(() => resolve());
         });
         server.closeIdleConnections();
       }),

@@ -1,12 +1,15 @@
-// The wharf command line: `wharf serve [config.yml]`, `wharf --version`, `wharf --help`.
+// The wharf command line: `wharf serve [config.yml]`, `wharf mirror warm IMAGE...`,
+// `wharf --version`, `wharf --help`.
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig } from './config.js';
 import { startRegistryServer } from './listen.js';
+import { warmCommand } from './warm-command.js';
 
 const USAGE = `wharf - a private container registry (OCI Distribution v2)
 
 Usage:
   wharf serve [config.yml]   serve the registry (default: :5000, storage in ./data)
+  wharf mirror warm IMAGE... fill the mirror's cache ahead of time (wharf mirror warm --help)
   wharf --version            print the version
   wharf --help               print this help
 
@@ -37,6 +40,15 @@ async function main(argv: string[]): Promise<number> {
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     process.stdout.write(USAGE);
     return command === undefined ? 2 : 0;
+  }
+  if (command === 'mirror' && rest[0] === 'warm') {
+    try {
+      return await warmCommand(rest.slice(1), process.env);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      for (const line of err.message.split('\n')) process.stderr.write(`wharf: configuration error: ${line}\n`);
+      return 1;
+    }
   }
   if (command !== 'serve') {
     process.stderr.write(`wharf: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);

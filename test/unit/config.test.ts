@@ -91,12 +91,6 @@ const REFUSED: { key: string; yaml: string; env: Record<string, string>[]; says:
   },
   { key: 'auth.silly', yaml: 'auth:\n  silly:\n', env: [{ REGISTRY_AUTH: 'silly' }], says: /authentication/ },
   { key: 'auth.htpasswd', yaml: 'auth: htpasswd\n', env: [{ REGISTRY_AUTH_HTPASSWD: '' }], says: /authentication/ },
-  {
-    key: 'proxy',
-    yaml: 'proxy:\n  remoteurl: https://registry-1.docker.io\n',
-    env: [{ REGISTRY_PROXY_REMOTEURL: 'https://registry-1.docker.io' }],
-    says: /pull-through cache/,
-  },
   ...['s3', 'azure', 'gcs', 'swift', 'oss', 'inmemory'].map((driver) => ({
     key: `storage.${driver}`,
     yaml: `storage:\n  ${driver}:\n    bucket: b\n  delete:\n    enabled: true\n`,
@@ -523,3 +517,55 @@ function captureLines(lines: Record<string, unknown>[]): Writable {
   });
 }
 
+describe('proxy (the pull-through mirror)', () => {
+  it("reads Distribution's keys, file and environment", () => {
+    const config = loadConfig({
+      env: {
+        REGISTRY_PROXY_REMOTEURL: 'https://registry-1.docker.io/',
+        REGISTRY_PROXY_USERNAME: 'bot',
+        REGISTRY_PROXY_PASSWORD: 'secret',
+        REGISTRY_PROXY_TTL: '10m',
+      },
+    });
+    expect(config.proxy).toMatchObject({
+      defaultUpstream: { host: 'docker.io', urls: ['https://registry-1.docker.io'], username: 'bot', password: 'secret' },
+      upstreams: [],
+      ttl: 600_000,
+      localnamespaces: [],
+      prefetch: true,
+    });
+    expect(loadConfig({ env: {} }).proxy).toBeUndefined();
+  });
+
+  it("reads wharf's upstreams, local namespaces and cache size", () => {
+    const config = loadConfig({
+      env: {
+        REGISTRY_PROXY_UPSTREAMS: '{ghcr.io: {urls: [https://a.example, https://b.example], username: u, password: p, maxconnections: 4, repositories: ["org/**"]}, "quay.io": {}}',
+        REGISTRY_PROXY_LOCALNAMESPACES: 'team/,infra/',
+        REGISTRY_PROXY_CACHESIZE: '20GiB',
+        REGISTRY_PROXY_PREFETCH: 'false',
+      },
+    });
+    expect(config.proxy?.defaultUpstream).toBeUndefined();
+    expect(config.proxy?.upstreams).toEqual([
+      { host: 'ghcr.io', urls: ['https://a.example', 'https://b.example'], username: 'u', password: 'p', maxconnections: 4, repositories: ['org/**'] },
+      { host: 'quay.io', urls: ['https://quay.io'], username: undefined, password: undefined, maxconnections: 16, repositories: undefined },
+    ]);
+    expect(config.proxy?.localnamespaces).toEqual(['team/', 'infra/']);
+    expect(config.proxy?.cachesize).toBe(20 * 2 ** 30);
+    expect(config.proxy?.prefetch).toBe(false);
+  });
+
+  it('refuses what it cannot do, naming the key', () => {
+    const refused: [Record<string, string>, RegExp][] = [
+      [{ REGISTRY_PROXY_REMOTEURL: 'ftp://x' }, /proxy\.remoteurl: expected an http or https URL/],
+      [{ REGISTRY_PROXY_REMOTEURL: 'https://u:p@registry.example' }, /proxy\.remoteurl: put credentials in username and password/],
+      [{ REGISTRY_PROXY_USERNAME: 'bot' }, /proxy\.username: set proxy\.remoteurl or proxy\.upstreams/],
+      [{ REGISTRY_PROXY_UPSTREAMS: '{ghcr.io: {bandwidth: 10}}' }, /proxy\.upstreams\.ghcr\.io\.bandwidth: unknown upstream setting/],
+      [{ REGISTRY_PROXY_UPSTREAMS: '{ghcr.io: {}}', REGISTRY_PROXY_PASSWORD: 'p' }, /proxy\.password: belongs to proxy\.remoteurl/],
+      [{ REGISTRY_PROXY_REMOTEURL: 'https://r.example', REGISTRY_PROXY_CACHESIZE: 'lots' }, /proxy\.cachesize: expected a size/],
+      [{ REGISTRY_PROXY_REMOTEURL: 'https://r.example', REGISTRY_PROXY_SCHEDULER: 'x' }, /proxy\.scheduler.*unknown configuration key/],
+    ];
+    for (const [env, message] of refused) expect(() => loadConfig({ env }), JSON.stringify(env)).toThrow(message);
+  });
+});
