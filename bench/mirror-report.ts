@@ -1,6 +1,7 @@
 // The mirror bench's tables, in bench/report.ts's plain fixed-width style: one table of
 // ratios (each against its baseline, with the target for wharf), one of the measured values
 // the ratios come from.
+import { fmt, pct, table } from './report.js';
 
 /** One side of a row: a value, or why there is none (a failed measurement). */
 export interface Cell {
@@ -32,24 +33,6 @@ export interface ValueRow {
   digits?: number;
 }
 
-function fmt(value: number | undefined, digits = 2): string {
-  if (value === undefined || Number.isNaN(value)) return '-';
-  return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
-}
-
-const pct = (v: number | undefined): string => (v === undefined || Number.isNaN(v) ? '-' : `${Math.round(v * 100)}%`);
-
-function table(header: string[], rows: string[][], rightAligned: Set<number>): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string =>
-    cells
-      .map((c, i) => (rightAligned.has(i) ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
-      .join('  ')
-      .trimEnd();
-  const rule = widths.map((w) => '-'.repeat(w)).join('  ');
-  return [line(header), rule, ...rows.map(line)].join('\n');
-}
-
 function cell(c: Cell, unit: string, digits: number): string {
   if (c.failed !== undefined) return c.failed;
   if (c.value === undefined || Number.isNaN(c.value)) return '-';
@@ -74,6 +57,6 @@ export function renderRatios(rows: RatioRow[]): string {
 
 export function renderValues(rows: ValueRow[]): string {
   const header = ['Measured (median over rounds)', 'unit', 'wharf', 'Distribution', 'baseline'];
-  const body = rows.map((r) => [r.figure, r.unit, fmt(r.wharf, r.digits), fmt(r.distribution, r.digits), r.baseline ?? '']);
+  const body = rows.map((r) => [r.figure, r.unit, fmt(r.wharf, r.digits ?? 2), fmt(r.distribution, r.digits ?? 2), r.baseline ?? '']);
   return table(header, body, new Set([2, 3]));
 }

@@ -5,11 +5,11 @@
 // 50 ms one way). Every cold measurement starts a fresh mirror process on an empty root
 // directory. Figures are ratios against a baseline; see bench/README.md ("Mirror bench").
 import { spawnSync } from 'node:child_process';
-import { cpus, totalmem } from 'node:os';
-import { createRequire } from 'node:module';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startLinkProxy, type LinkProxy, type LinkSettingsPatch } from '../test/support/link-proxy.js';
+import { buildDist, inWorkDir, machineText, missedText, npmArgv, parseArgs, reportAbort, runMain, wharfRevision, writeResults, type CommonOptions } from './cli.js';
 import { BigBlob } from './data.js';
 import { agent, BenchError } from './http.js';
 import { MB, seconds } from './limits.js';
@@ -18,7 +18,7 @@ import { renderRatios, renderValues, type Cell, type RatioRow, type ValueRow } f
 import { startMirror, startPlain, wharfRunsCompiled } from './mirror-servers.js';
 import { backgroundCores, PhaseMonitor } from './proc.js';
 import { pushMonolithic } from './registry.js';
-import { REPO_ROOT, startServer, type RunningServer, type ServerKind } from './servers.js';
+import { distributionVersion, roundOrder, startServer, type RunningServer, type ServerKind } from './servers.js';
 import { median, spread } from './stats.js';
 
 const MiB = 1 << 20;
@@ -31,15 +31,9 @@ const LAYER_SIZES = [6_000_000, 14_000_000, 4_000_000, 18_000_000, 8_000_000];
 const CONCURRENT_CLIENTS = 4;
 const LABEL: Record<ServerKind, string> = { wharf: 'wharf', distribution: 'Distribution' };
 
-interface Options {
-  quick: boolean;
-  rounds: number;
+interface Options extends CommonOptions {
   warmPulls: number;
   bigBytes: number;
-  logMode: 'info' | 'warn';
-  dir?: string;
-  keep: boolean;
-  json?: string;
 }
 
 const USAGE = `npm run bench:mirror [-- options]
@@ -56,76 +50,23 @@ const USAGE = `npm run bench:mirror [-- options]
 
 function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): Options {
   const opts: Options = { quick: false, rounds: 3, warmPulls: 11, bigBytes: 1024 * MiB, logMode: 'info', keep: false };
-  // `npm run bench:mirror --quick` (without `--`) hands --quick to npm, which passes it on as npm_config_quick.
-  if (env.npm_config_quick === 'true') argv = ['--quick', ...argv];
-  const explicit = new Set<string>();
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new BenchError(`${arg} needs a value`);
-      return v;
-    };
-    const int = (min: number): number => {
-      const v = Number(value());
-      if (!Number.isInteger(v) || v < min) throw new BenchError(`${arg}: expected an integer >= ${min}`);
-      return v;
-    };
-    explicit.add(arg);
+  const explicit = parseArgs(npmArgv(argv, env, USAGE), opts, USAGE, (arg, value) => {
     switch (arg) {
-      case '--quick':
-        opts.quick = true;
-        break;
-      case '--rounds':
-        opts.rounds = int(1);
-        break;
       case '--warm':
-        opts.warmPulls = int(1);
-        break;
+        opts.warmPulls = value.int();
+        return true;
       case '--big':
-        opts.bigBytes = int(0) * MiB;
-        break;
-      case '--log': {
-        const v = value();
-        if (v !== 'info' && v !== 'warn') throw new BenchError('--log: info or warn');
-        opts.logMode = v;
-        break;
-      }
-      case '--dir':
-        opts.dir = value();
-        break;
-      case '--keep':
-        opts.keep = true;
-        break;
-      case '--json':
-        opts.json = value();
-        break;
-      case '--help':
-      case '-h':
-        process.stdout.write(USAGE);
-        process.exit(0);
-        break;
+        opts.bigBytes = value.int(0) * MiB;
+        return true;
       default:
-        throw new BenchError(`unknown option ${arg}\n\n${USAGE}`);
+        return false;
     }
-  }
+  });
   if (opts.quick) {
     if (!explicit.has('--rounds')) opts.rounds = 1;
     if (!explicit.has('--warm')) opts.warmPulls = 7;
   }
   return opts;
-}
-
-/**
- * tsc -p tsconfig.build.json, as bench/run.ts does. Returns false when tsc reported errors
- * (it still emits; bin/wharf.js then runs that build).
- */
-function build(): boolean {
-  const result = spawnSync(process.execPath, [createRequire(import.meta.url).resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
-    cwd: REPO_ROOT,
-    stdio: 'inherit',
-  });
-  return result.status === 0;
 }
 
 /**
@@ -137,7 +78,7 @@ function ensureBuild(ctx: Context): void {
   if (wharfRunsCompiled()) return;
   say(`${stamp()} sources changed since the last build: rebuilding dist/ (tsc -p tsconfig.build.json)...`);
   ctx.rebuilds++;
-  if (!build()) say(`${stamp()} WARNING: tsc reported errors in the sources being edited; wharf runs what it emitted`);
+  if (!buildDist()) say(`${stamp()} WARNING: tsc reported errors in the sources being edited; wharf runs what it emitted`);
 }
 
 const say = (line: string): void => void process.stdout.write(`${line}\n`);
@@ -216,22 +157,28 @@ const note = (round: number, figure: string, who: string, value: string): void =
 
 const secs = (s: number): string => `${s.toFixed(3)} s`;
 
-/** Cold pull by one client through a fresh mirror; the mirror stays up for the warm figures. */
-async function coldOne(ctx: Context, round: number, kind: ServerKind): Promise<RunningServer | undefined> {
+/**
+ * Cold pull through a fresh mirror by one client ('cold1') or CONCURRENT_CLIENTS at once
+ * ('cold4'). Returns the mirror (the caller retires it: cold1's stays up for the warm
+ * figures), or undefined when the pull failed.
+ */
+async function coldPull(ctx: Context, round: number, kind: ServerKind, key: 'cold1' | 'cold4'): Promise<RunningServer | undefined> {
+  const clients = key === 'cold1' ? 1 : CONCURRENT_CLIENTS;
   const link = ctx.links[kind];
   let mirror: RunningServer | undefined;
   try {
-    mirror = await freshMirror(ctx, kind, link, `cold1-r${round + 1}`);
+    mirror = await freshMirror(ctx, kind, link, `${key}-r${round + 1}`);
     syncDisk();
     link.resetStats();
-    const s = await timedPull(mirror.base, ctx.image);
+    const s = await timedPull(mirror.base, ctx.image, clients);
     const bytes = link.stats().bytesDown;
-    ctx.samples.add(round, `cold1-s/${kind}`, s);
-    ctx.samples.add(round, `cold1-bytes/${kind}`, bytes / ctx.image.bytes);
-    note(round, 'cold pull, 1 client', LABEL[kind], `${secs(s)}, upstream ${(bytes / MB).toFixed(2)} MB (${(bytes / ctx.image.bytes).toFixed(3)}x image), ${link.stats().connections} connections`);
+    ctx.samples.add(round, `${key}-s/${kind}`, s);
+    ctx.samples.add(round, `${key}-bytes/${kind}`, bytes / ctx.image.bytes);
+    const figure = clients === 1 ? 'cold pull, 1 client' : `cold pull, ${clients} clients at once`;
+    note(round, figure, LABEL[kind], `${secs(s)}, upstream ${(bytes / MB).toFixed(2)} MB (${(bytes / ctx.image.bytes).toFixed(3)}x image), ${link.stats().connections} connections`);
     return mirror;
   } catch (err) {
-    fail(ctx, `cold1/${kind}`, round, errText(err), mirror);
+    fail(ctx, `${key}/${kind}`, round, errText(err), mirror);
     await retire(ctx, mirror);
     return undefined;
   }
@@ -343,25 +290,6 @@ async function expiredTtl(ctx: Context, round: number): Promise<void> {
   }
 }
 
-async function coldConcurrent(ctx: Context, round: number, kind: ServerKind): Promise<void> {
-  const link = ctx.links[kind];
-  let mirror: RunningServer | undefined;
-  try {
-    mirror = await freshMirror(ctx, kind, link, `cold4-r${round + 1}`);
-    syncDisk();
-    link.resetStats();
-    const s = await timedPull(mirror.base, ctx.image, CONCURRENT_CLIENTS);
-    const bytes = link.stats().bytesDown;
-    ctx.samples.add(round, `cold4-s/${kind}`, s);
-    ctx.samples.add(round, `cold4-bytes/${kind}`, bytes / ctx.image.bytes);
-    note(round, `cold pull, ${CONCURRENT_CLIENTS} clients at once`, LABEL[kind], `${secs(s)}, upstream ${(bytes / MB).toFixed(2)} MB (${(bytes / ctx.image.bytes).toFixed(3)}x image), ${link.stats().connections} connections`);
-  } catch (err) {
-    fail(ctx, `cold4/${kind}`, round, errText(err), mirror);
-  } finally {
-    await retire(ctx, mirror);
-  }
-}
-
 /** Peak RSS of a fresh mirror while one client pulls the big blob cold over the unthrottled link. */
 async function bigBlob(ctx: Context, round: number, kind: ServerKind): Promise<void> {
   const link = ctx.fastLinks[kind];
@@ -396,7 +324,7 @@ async function bigBlob(ctx: Context, round: number, kind: ServerKind): Promise<v
 
 async function runRound(ctx: Context, round: number): Promise<void> {
   ensureBuild(ctx);
-  const order: ServerKind[] = round % 2 === 0 ? ['wharf', 'distribution'] : ['distribution', 'wharf'];
+  const order = roundOrder(round);
   const background = await backgroundCores(ctx.opts.quick ? 300 : 1000, cpus().length);
   ctx.samples.add(round, 'env/background-cores', background);
   note(round, 'machine: background CPU', 'other', `${background.toFixed(2)} cores busy while the bench idles`);
@@ -405,7 +333,7 @@ async function runRound(ctx: Context, round: number): Promise<void> {
   const mirrors = new Map<ServerKind, RunningServer>();
   if (round % 2 === 0) await directPull(ctx, round);
   for (const kind of order) {
-    const m = await coldOne(ctx, round, kind);
+    const m = await coldPull(ctx, round, kind, 'cold1');
     if (m) mirrors.set(kind, m);
   }
   if (round % 2 === 1) await directPull(ctx, round);
@@ -422,7 +350,7 @@ async function runRound(ctx: Context, round: number): Promise<void> {
   await expiredTtl(ctx, round);
 
   // 4 clients pulling the same cold image at once.
-  for (const kind of order) await coldConcurrent(ctx, round, kind);
+  for (const kind of order) await retire(ctx, await coldPull(ctx, round, kind, 'cold4'));
 
   // Peak RSS with the big blob: every round of a full run, the first of a quick one.
   if (ctx.big && (!ctx.opts.quick || round === 0)) {
@@ -522,17 +450,6 @@ function summarize(ctx: Context): { ratios: RatioRow[]; values: ValueRow[]; met:
 
 const kb = (bytes: number | undefined): number | undefined => (bytes === undefined ? undefined : bytes / 1000);
 
-function wharfRevision(): string {
-  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).stdout.trim();
-  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'server', 'storage', 'auth', 'mirror', 'bin'], { cwd: REPO_ROOT, encoding: 'utf8' }).stdout.trim();
-  return head ? `${head}${dirty ? ' + uncommitted changes' : ''}` : 'unknown';
-}
-
-function distributionVersion(): string {
-  const out = spawnSync('/usr/bin/docker-registry', ['--version'], { encoding: 'utf8' });
-  return (out.stdout || '').trim().split(/\s+/).pop() ?? 'unknown';
-}
-
 async function run(opts: Options, workDir: string): Promise<number> {
   say(`wharf mirror bench: work directory ${workDir}`);
   const ctx: Partial<Context> = {
@@ -583,15 +500,10 @@ async function run(opts: Options, workDir: string): Promise<number> {
     for (let round = 0; round < opts.rounds; round++) await runRound(full, round);
     agent.destroy();
     printReport(full);
-    if (opts.json || opts.keep) {
-      const path = opts.json ?? join(workDir, 'results.json');
-      await writeFile(path, JSON.stringify({ options: opts, image: full.image.bytes, samples: full.samples, failures: Object.fromEntries(full.failures) }, null, 2));
-      say(`raw results: ${path}`);
-    }
+    await writeResults(opts, workDir, { options: opts, image: full.image.bytes, samples: full.samples, failures: Object.fromEntries(full.failures) }, say);
     return 0;
   } catch (err) {
-    say(`\nABORTED: ${(err as Error).stack ?? String(err)}`);
-    for (const server of servers) say(`\n--- last lines of ${server.label}'s log (${server.logPath}) ---\n${server.logTail(15)}`);
+    reportAbort(err, servers, say);
     return 1;
   } finally {
     agent.destroy();
@@ -604,12 +516,11 @@ function printReport(ctx: Context): void {
   const { opts, samples } = ctx;
   const summary = summarize(ctx);
   const elapsed = (Date.now() - started) / 1000;
-  const cpu = cpus()[0]?.model ?? 'unknown CPU';
   const bg = samples.get('env/background-cores');
   const lines = [
     '',
-    `wharf mirror ${wharfRevision()} vs CNCF Distribution ${distributionVersion()} proxy -- ${opts.quick ? 'QUICK mode' : 'full mode'}, ${opts.rounds} round(s) (order alternating), ${elapsed.toFixed(0)} s`,
-    `machine: ${cpus().length} x ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, node ${process.version}; background load: median ${samples.median('env/background-cores').toFixed(2)}, max ${bg.length ? Math.max(...bg).toFixed(2) : '-'} cores of ${cpus().length}`,
+    `wharf mirror ${wharfRevision(['server', 'storage', 'auth', 'mirror', 'bin'])} vs CNCF Distribution ${distributionVersion()} proxy -- ${opts.quick ? 'QUICK mode' : 'full mode'}, ${opts.rounds} round(s) (order alternating), ${elapsed.toFixed(0)} s`,
+    `machine: ${machineText()}; background load: median ${samples.median('env/background-cores').toFixed(2)}, max ${bg.length ? Math.max(...bg).toFixed(2) : '-'} cores of ${cpus().length}`,
     `upstream: Distribution on loopback; link (each mirror its own, and one for the direct pull): 20 MB/s shared, 50 ms one way, TCP handshake modelled`,
     `image: ${ctx.image.blobs.length - 1} random layers + config + manifest = ${(ctx.image.bytes / MB).toFixed(2)} MB; pull = manifest by tag, then blobs 3 at a time, every byte verified`,
     `every cold figure on a fresh mirror process with an empty root directory; warm/down figures: median of ${opts.warmPulls} pulls per round; logs: ${opts.logMode === 'info' ? 'info + access log' : 'warn, no access log'}`,
@@ -629,28 +540,13 @@ function printReport(ctx: Context): void {
   }
   if (ctx.evidence.length) lines.push(...ctx.evidence, '');
   process.stdout.write(lines.join('\n'));
-  const missed = summary.missed.length ? `; missed: ${summary.missed.join('; ')}` : '';
-  process.stdout.write(`SUMMARY: wharf's mirror met ${summary.met} of ${summary.total} targets (${opts.quick ? 'quick' : 'full'} run)${missed}\n`);
+  process.stdout.write(`SUMMARY: wharf's mirror met ${summary.met} of ${summary.total} targets (${opts.quick ? 'quick' : 'full'} run)${missedText(summary.missed)}\n`);
 }
 
 async function main(): Promise<number> {
   const opts = parseOptions(process.argv.slice(2));
-  // wharf runs as users run it: the compiled build, which must be current.
-  if (!build()) throw new BenchError('npm run build failed');
-  const ownDir = opts.dir === undefined;
-  const workDir = opts.dir ?? (await mkdtemp('/var/tmp/wharf-mirror-bench-'));
-  try {
-    return await run(opts, workDir);
-  } finally {
-    if (ownDir && !opts.keep) await rm(workDir, { recursive: true, force: true });
-    else if (opts.keep) say(`kept ${workDir}`);
-  }
+  if (!buildDist()) throw new BenchError('npm run build failed');
+  return inWorkDir(opts, 'wharf-mirror-bench-', (workDir) => run(opts, workDir), (workDir) => say(`kept ${workDir}`));
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    say(err instanceof BenchError ? `bench: ${err.message}` : `bench: ${(err as Error).stack ?? String(err)}`);
-    process.exit(1);
-  },
-);
+runMain(main, say);

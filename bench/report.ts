@@ -31,14 +31,15 @@ export interface LimitRow {
   digits?: number;
 }
 
-function fmt(value: number | undefined, digits = 0): string {
+// Shared with bench/mirror-report.ts: both benches print the same table style.
+export function fmt(value: number | undefined, digits = 0): string {
   if (value === undefined || Number.isNaN(value)) return '-';
   return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
 
-const pct = (v: number | undefined): string => (v === undefined || Number.isNaN(v) ? '-' : `${Math.round(v * 100)}%`);
+export const pct = (v: number | undefined): string => (v === undefined || Number.isNaN(v) ? '-' : `${Math.round(v * 100)}%`);
 
-function table(header: string[], rows: string[][], rightAligned: Set<number>): string {
+export function table(header: string[], rows: string[][], rightAligned: Set<number>): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]): string =>
     cells

@@ -3,10 +3,10 @@
 // figure by figure; the physical limits are measured in the same rounds. See
 // bench/README.md for the method and what each figure means.
 import { spawnSync } from 'node:child_process';
-import { cpus, totalmem } from 'node:os';
-import { createRequire } from 'node:module';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { buildDist, inWorkDir, machineText, missedText, npmArgv, parseArgs, reportAbort, runMain, wharfRevision, writeResults, type CommonOptions } from './cli.js';
 import { BigBlob, SmallBlobs, type BlobVariant } from './data.js';
 import { agent, BenchError, expectStatus, send } from './http.js';
 import { abHead, wrk, type LoadResult } from './load.js';
@@ -14,15 +14,13 @@ import { diskWrite, hashWrite, MB, seconds, sha256Speed, startTrivialServer, typ
 import { backgroundCores, PhaseMonitor, readMemory, type PhaseUsage } from './proc.js';
 import { checkBlob, checkManifest, OCI_MANIFEST, pullVerified, pushChunked, pushImage, pushMonolithic, pushSmall, type PushedImage } from './registry.js';
 import { renderFigures, renderLimits, type LimitRow, type Row } from './report.js';
-import { REPO_ROOT, startServer, type RunningServer, type ServerKind } from './servers.js';
+import { distributionVersion, roundOrder, startServer, type RunningServer, type ServerKind } from './servers.js';
 import { median, Samples, spread } from './stats.js';
 import { profileWharf } from './profile.js';
 
 const MiB = 1 << 20;
 
-export interface Options {
-  quick: boolean;
-  rounds: number;
+export interface Options extends CommonOptions {
   bigBytes: number;
   chunkBytes: number;
   smallBytes: number;
@@ -31,11 +29,7 @@ export interface Options {
   connections: number;
   loadSeconds: number;
   wrkThreads: number;
-  logMode: 'info' | 'warn';
   distributionCache: boolean;
-  dir?: string;
-  keep: boolean;
-  json?: string;
   profile?: string;
   wharfEntry?: string;
   wharfEnv: Record<string, string>;
@@ -76,86 +70,38 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     keep: false,
     wharfEnv: {},
   };
-  const explicit = new Set<string>();
-  // `npm run bench --quick` (without `--`) hands --quick to npm, which passes it on only
-  // as npm_config_quick; any other option given that way would be lost, so say so.
-  for (const [key, value] of Object.entries(env)) {
-    if (!key.startsWith('npm_config_') || value === undefined) continue;
-    const option = `--${key.slice('npm_config_'.length).replace(/_/g, '-')}`;
-    if (option === '--quick' && value === 'true') argv = ['--quick', ...argv];
-    else if (USAGE.includes(`  ${option} `) && option !== '--help') {
-      throw new BenchError(`npm took ${option} for itself: write \`npm run bench -- ${option} ...\``);
-    }
-  }
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new BenchError(`${arg} needs a value`);
-      return v;
-    };
-    const int = (): number => {
-      const v = Number(value());
-      if (!Number.isInteger(v) || v <= 0) throw new BenchError(`${arg}: expected a positive integer`);
-      return v;
-    };
-    explicit.add(arg);
+  // Options given to npm instead of after `--` would be lost, so npmArgv says so.
+  const explicit = parseArgs(npmArgv(argv, env, USAGE, 'bench'), opts, USAGE, (arg, value) => {
     switch (arg) {
-      case '--quick':
-        opts.quick = true;
-        break;
-      case '--rounds':
-        opts.rounds = int();
-        break;
       case '--size':
-        opts.bigBytes = int() * MiB;
-        break;
+        opts.bigBytes = value.int() * MiB;
+        return true;
       case '--seconds':
-        opts.loadSeconds = opts.smallSeconds = int();
-        break;
+        opts.loadSeconds = opts.smallSeconds = value.int();
+        return true;
       case '--wrk-threads':
-        opts.wrkThreads = int();
-        break;
-      case '--log': {
-        const v = value();
-        if (v !== 'info' && v !== 'warn') throw new BenchError('--log: info or warn');
-        opts.logMode = v;
-        break;
-      }
+        opts.wrkThreads = value.int();
+        return true;
       case '--no-dist-cache':
         opts.distributionCache = false;
-        break;
-      case '--dir':
-        opts.dir = value();
-        break;
-      case '--keep':
-        opts.keep = true;
-        break;
-      case '--json':
-        opts.json = value();
-        break;
+        return true;
       case '--profile':
         opts.profile = value();
-        break;
+        return true;
       case '--wharf-entry':
         opts.wharfEntry = value();
-        break;
+        return true;
       case '--wharf-env': {
         const v = value();
         const eq = v.indexOf('=');
         if (eq <= 0) throw new BenchError('--wharf-env: NAME=VALUE');
         opts.wharfEnv[v.slice(0, eq)] = v.slice(eq + 1);
-        break;
+        return true;
       }
-      case '--help':
-      case '-h':
-        process.stdout.write(USAGE);
-        process.exit(0);
-        break;
       default:
-        throw new BenchError(`unknown option ${arg}\n\n${USAGE}`);
+        return false;
     }
-  }
+  });
   if (opts.quick) {
     if (!explicit.has('--size')) opts.bigBytes = 256 * MiB;
     if (!explicit.has('--rounds')) opts.rounds = 2;
@@ -307,7 +253,7 @@ async function writeLimits(ctx: Context, round: number, tag: string): Promise<vo
 
 async function runRound(ctx: Context, round: number): Promise<void> {
   const { opts, blob, samples, servers, trivial, garbage } = ctx;
-  const order: ServerKind[] = round % 2 === 0 ? ['wharf', 'distribution'] : ['distribution', 'wharf'];
+  const order = roundOrder(round);
   const tag = `[round ${round + 1}/${opts.rounds}]`;
   const label = sizeLabel(blob.size);
 
@@ -569,16 +515,10 @@ async function compare(opts: Options, workDir: string): Promise<number> {
     const summary = summarize(full, { start: idleStart, end: idleEnd });
     const elapsed = (Date.now() - started) / 1000;
     printReport(full, summary, elapsed);
-    if (opts.json || opts.keep) {
-      const json = JSON.stringify({ options: opts, samples: full.samples, usage: Object.fromEntries(full.usage), idle: { start: idleStart, end: idleEnd }, summary }, null, 2);
-      const path = opts.json ?? join(workDir, 'results.json');
-      await writeFile(path, json);
-      say(`raw results: ${path}`);
-    }
+    await writeResults(opts, workDir, { options: opts, samples: full.samples, usage: Object.fromEntries(full.usage), idle: { start: idleStart, end: idleEnd }, summary }, say);
     return 0;
   } catch (err) {
-    say(`\nABORTED: ${(err as Error).stack ?? String(err)}`);
-    for (const server of Object.values(servers)) say(`\n--- last lines of ${server.label}'s log (${server.logPath}) ---\n${server.logTail(15)}`);
+    reportAbort(err, Object.values(servers), say);
     return 1;
   } finally {
     agent.destroy();
@@ -587,28 +527,15 @@ async function compare(opts: Options, workDir: string): Promise<number> {
   }
 }
 
-/** The commit under test, and whether server code differs from it. */
-function wharfRevision(): string {
-  const head = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: REPO_ROOT, encoding: 'utf8' }).stdout.trim();
-  const dirty = spawnSync('git', ['status', '--porcelain', '--', 'server', 'storage', 'auth', 'mirror', 'bin', 'package.json'], { cwd: REPO_ROOT, encoding: 'utf8' }).stdout.trim();
-  return head ? `${head}${dirty ? ' + uncommitted changes' : ''}` : 'unknown';
-}
-
-function distributionVersion(): string {
-  const out = spawnSync('/usr/bin/docker-registry', ['--version'], { encoding: 'utf8' });
-  return (out.stdout || '').trim().split(/\s+/).pop() ?? 'unknown';
-}
-
 const fmtMedian = (ctx: Context, key: string): string => ctx.samples.median(key).toFixed(2);
 const fmtMax = (ctx: Context, key: string): string => ctx.samples.max(key).toFixed(2);
 
 function printReport(ctx: Context, summary: Summary, elapsed: number): void {
   const { opts, blob } = ctx;
-  const cpu = cpus()[0]?.model ?? 'unknown CPU';
   const lines = [
     '',
-    `wharf ${wharfRevision()} vs CNCF Distribution ${distributionVersion()} -- ${opts.quick ? 'QUICK mode' : 'full mode'}, ${opts.rounds} rounds (order alternating), ${elapsed.toFixed(0)} s`,
-    `machine: ${cpus().length} x ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, node ${process.version}, wrk -t${opts.wrkThreads}, ab (HEAD)`,
+    `wharf ${wharfRevision(['server', 'storage', 'auth', 'mirror', 'bin', 'package.json'])} vs CNCF Distribution ${distributionVersion()} -- ${opts.quick ? 'QUICK mode' : 'full mode'}, ${opts.rounds} rounds (order alternating), ${elapsed.toFixed(0)} s`,
+    `machine: ${machineText()}, wrk -t${opts.wrkThreads}, ab (HEAD)`,
     `large blob ${sizeLabel(blob.size)}${opts.quick ? ' (quick mode: not 1 GiB)' : ''}; load phases ${opts.loadSeconds} s; logs: ${opts.logMode === 'info' ? 'info + access log on, both' : 'warn, access log off, both'}; Distribution blob descriptor cache: ${opts.distributionCache ? 'inmemory' : 'off'}`,
     `background load from other processes (idle moments, per round): median ${fmtMedian(ctx, 'env/background-cores')} cores, max ${fmtMax(ctx, 'env/background-cores')} cores of ${cpus().length}`,
     'values: median over rounds (peak RSS: max); ratio = wharf/Distribution; spread = (max-min)/median over rounds; MB = 10^6 bytes',
@@ -623,8 +550,7 @@ function printReport(ctx: Context, summary: Summary, elapsed: number): void {
     '',
   ];
   process.stdout.write(lines.join('\n'));
-  const missed = summary.missed.length ? `; missed: ${summary.missed.join('; ')}` : '';
-  process.stdout.write(`SUMMARY: wharf met ${summary.met} of ${summary.total} targets vs Distribution (${opts.quick ? 'quick' : 'full'} run)${missed}\n`);
+  process.stdout.write(`SUMMARY: wharf met ${summary.met} of ${summary.total} targets vs Distribution (${opts.quick ? 'quick' : 'full'} run)${missedText(summary.missed)}\n`);
 }
 
 async function main(): Promise<number> {
@@ -632,27 +558,13 @@ async function main(): Promise<number> {
   for (const tool of ['wrk', 'ab']) {
     if (spawnSync('which', [tool]).status !== 0) throw new BenchError(`${tool} not found (apt-get install ${tool === 'ab' ? 'apache2-utils' : 'wrk'})`);
   }
-  // wharf runs as users run it: the compiled build, which must be current.
-  const build = spawnSync(process.execPath, [createRequire(import.meta.url).resolve('typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
-    cwd: REPO_ROOT,
-    stdio: 'inherit',
-  });
-  if (build.status !== 0) throw new BenchError('npm run build failed');
-  const ownDir = opts.dir === undefined;
-  const workDir = opts.dir ?? (await mkdtemp('/var/tmp/wharf-bench-'));
-  try {
-    if (opts.profile) return await profileWharf(opts, workDir);
-    return await compare(opts, workDir);
-  } finally {
-    if (ownDir && !opts.keep) await rm(workDir, { recursive: true, force: true });
-    else if (opts.keep) say(`kept ${workDir}: ${(await readdir(workDir)).join(', ')}`);
-  }
+  if (!buildDist()) throw new BenchError('npm run build failed');
+  return inWorkDir(
+    opts,
+    'wharf-bench-',
+    (workDir) => (opts.profile ? profileWharf(opts, workDir) : compare(opts, workDir)),
+    async (workDir) => say(`kept ${workDir}: ${(await readdir(workDir)).join(', ')}`),
+  );
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    say(err instanceof BenchError ? `bench: ${err.message}` : `bench: ${(err as Error).stack ?? String(err)}`);
-    process.exit(1);
-  },
-);
+runMain(main, say);
