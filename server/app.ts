@@ -12,6 +12,7 @@ import { blobRoutes } from './routes/blobs.js';
 import { uploadRoutes } from './routes/uploads.js';
 import { manifestRoutes } from './routes/manifests.js';
 import { listingRoutes } from './routes/listings.js';
+import { tokenRoutes } from './routes/token.js';
 
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
@@ -29,6 +30,7 @@ export function createApp(services: AppServices): Koa {
   blobRoutes(router, services);
   manifestRoutes(router, services);
   listingRoutes(router, services);
+  if (services.tokenServer) tokenRoutes(router, services.tokenServer);
 
   const extraHeaders = Object.entries(config.http.headers);
   app.use(discardUnreadBody);
@@ -41,7 +43,8 @@ export function createApp(services: AppServices): Koa {
   app.use(errorMiddleware);
   if (config.storage.maintenance.readonly.enabled) {
     app.use(async (ctx, next) => {
-      if (WRITE_METHODS.has(ctx.method)) throw new RegistryError('UNSUPPORTED', 'the registry is in read-only mode');
+      // Registry writes only: logging in (POST /auth/token) still works.
+      if (WRITE_METHODS.has(ctx.method) && ctx.path.includes('/v2/')) throw new RegistryError('UNSUPPORTED', 'the registry is in read-only mode');
       await next();
     });
   }

@@ -80,7 +80,12 @@ export const CONFIG_KEYS: Record<string, KeyRule> = {
   'storage.redirect.disable': { ignore: 'the filesystem driver never redirects' },
   'storage.tag.concurrencylimit': { ignore: 'wharf reads tags without a separate concurrency limit' },
 
-  'auth.*': { refuse: 'authentication' },
+  // Authentication (server/config-auth.ts checks each method's settings): Distribution's
+  // htpasswd and token, and wharf's built-in token server. Any other method is refused.
+  'auth.*': { refuse: (method) => `the ${method} authentication method` },
+  'auth.htpasswd': { serve: 'map' },
+  'auth.token': { serve: 'map' },
+  'auth.tokenserver': { serve: 'map' },
   // The pull-through mirror: Distribution's keys, then wharf's (server/config-proxy.ts).
   'proxy.remoteurl': { serve: 'string' },
   'proxy.username': { serve: 'string' },

@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { CONFIG_KEYS, ConfigError, NAMED_BY_STRING, isServiceLinkVariable, type KeyRule } from './config-keys.js';
+import { buildAuthConfig, type AuthConfig } from './config-auth.js';
 import { buildProxyConfig, type ProxyConfig } from './config-proxy.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
@@ -50,6 +51,8 @@ export interface Config {
   catalog: { maxentries: number };
   /** The pull-through mirror; undefined: a plain registry. */
   proxy?: ProxyConfig;
+  /** Who may do what; undefined: an open registry. */
+  auth?: AuthConfig;
   /** Keys that were set but change nothing that matters (reported as warnings at start-up). */
   ignoredKeys: IgnoredKey[];
 }
@@ -404,6 +407,7 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
     },
     catalog: { maxentries },
     proxy: buildProxyConfig(values, duration),
+    auth: buildAuthConfig(values, parseDuration, rootdirectory),
     ignoredKeys,
   };
 }

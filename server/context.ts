@@ -1,7 +1,8 @@
 // What wharf adds to Koa's context, and small response helpers shared by the routes.
 import type { Context } from 'koa';
 import type { Logger } from 'pino';
-import type { AccessController, Access } from '../auth/access.js';
+import type { AccessController, Access, AccessDecision, AccessRequest } from '../auth/access.js';
+import type { TokenServer } from '../auth/token-server.js';
 import type { Registry, Repository } from '../storage/repository.js';
 import { RegistryError } from '../storage/errors.js';
 import type { Config } from './config.js';
@@ -19,16 +20,37 @@ export interface AppServices {
   registry: Registry;
   access: AccessController;
   logger: Logger;
+  /** The built-in token server, when configured. */
+  tokenServer?: TokenServer;
 }
 
-/** Asks the access controller; throws UNAUTHORIZED or DENIED with the challenge set. */
+/** Asks the access controller; whether it allows, and who asked (kept on ctx.state for logs). */
+export async function checkAccess(ctx: Context, services: AppServices, access: Access[]): Promise<AccessDecision> {
+  // Address, host and scheme are read only by controllers that use them (rate limiting,
+  // autoredirect): getters keep them off the hot path of every authorized request.
+  const request: AccessRequest = {
+    authorization: ctx.get('Authorization') || undefined,
+    get remoteAddress() {
+      return ctx.ip;
+    },
+    get host() {
+      return ctx.host || undefined;
+    },
+    get protocol() {
+      return ctx.protocol;
+    },
+  };
+  const decision = await services.access.authorize(request, access);
+  if (decision.allowed && decision.subject !== undefined) ctx.state.subject = decision.subject;
+  return decision;
+}
+
+/** Asks the access controller; throws UNAUTHORIZED, DENIED or TOOMANYREQUESTS with the challenge set. */
 export async function requireAccess(ctx: Context, services: AppServices, access: Access[]): Promise<void> {
-  const decision = await services.access.authorize(
-    { authorization: ctx.get('Authorization') || undefined, remoteAddress: ctx.ip },
-    access,
-  );
+  const decision = await checkAccess(ctx, services, access);
   if (decision.allowed) return;
   if (decision.challenge) ctx.set('WWW-Authenticate', decision.challenge);
+  if (decision.retryAfterSeconds !== undefined) ctx.set('Retry-After', String(decision.retryAfterSeconds));
   throw new RegistryError(decision.reason, decision.message, access.map((a) => ({ Type: a.type, Name: a.name, Action: a.actions.join(',') })));
 }
 

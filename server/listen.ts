@@ -6,12 +6,12 @@ import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { allowAll } from '../auth/access.js';
 import { FilesystemDriver } from '../storage/filesystem-driver.js';
 import { LocalRegistry } from '../storage/local-registry.js';
 import { purgeUploads } from '../storage/upload-purge.js';
 import { parseListenAddress, type Config } from './config.js';
 import { createApp } from './app.js';
+import { setupAuth } from './auth-setup.js';
 import { createMirror, type Mirror } from './mirror-setup.js';
 import { createLogger } from './logger.js';
 
@@ -63,7 +63,8 @@ export async function startRegistryServer(
     linkCacheTtlMs: config.storage.cache.linkttl,
   });
   const mirror = config.proxy ? createMirror(registry, config.proxy, logger) : undefined;
-  const app = createApp({ config, registry: mirror?.registry ?? registry, access: allowAll, logger });
+  const auth = await setupAuth(config.auth, logger);
+  const app = createApp({ config, registry: mirror?.registry ?? registry, access: auth.access, tokenServer: auth.tokenServer, logger });
 
   const callback = app.callback();
   let requests = 0;

@@ -63,6 +63,7 @@ function requestLogging(logger: Logger, accessLog: boolean) {
             ms: Number(process.hrtime.bigint() - started) / 1e6,
             aborted: !res.writableFinished,
             remote: ctx.ip,
+            user: (ctx.state as { subject?: string }).subject,
             ua: ctx.get('User-Agent') || undefined,
           },
           'request',

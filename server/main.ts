@@ -66,7 +66,15 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  const running = await startRegistryServer(config);
+  let running;
+  try {
+    running = await startRegistryServer(config);
+  } catch (err) {
+    // A file a key names (htpasswd, key bundle) that cannot be used: named like any bad key.
+    if (!(err instanceof ConfigError)) throw err;
+    for (const line of err.message.split('\n')) process.stderr.write(`wharf: configuration error: ${line}\n`);
+    return 1;
+  }
   const drainMs = config.http.draintimeout;
   const stop = (signal: string): void => {
     running.logger.info({ signal, drainMs }, 'shutting down');

@@ -8,7 +8,8 @@ import { RegistryError } from '../../storage/errors.js';
 import type { Repository, UploadStatus } from '../../storage/repository.js';
 import { parseContentRange, uploadRange } from '../http-range.js';
 import { requestBody } from '../request-body.js';
-import { repositoryFor, routeParam, requireAccess, sendEmpty, urlBase, type AppServices } from '../context.js';
+import type { Access } from '../../auth/access.js';
+import { checkAccess, repositoryFor, routeParam, sendEmpty, urlBase, type AppServices } from '../context.js';
 
 const START = /^\/v2\/(.+)\/blobs\/uploads\/?$/;
 const SESSION = /^\/v2\/(.+)\/blobs\/uploads\/([^/]+)$/;
@@ -38,15 +39,17 @@ export function uploadRoutes(router: Router, services: AppServices): void {
   };
 
   router.post(START, async (ctx) => {
-    const repo = await repositoryFor(ctx, services, ['pull', 'push']);
     const { mount, from, digest } = ctx.query;
-    if (typeof mount === 'string') {
-      const source = typeof from === 'string' && from !== '' ? from : undefined;
-      if (source) await requireAccess(ctx, services, [{ type: 'repository', name: source, actions: ['pull'] }]);
-      const mounted = await repo.blobs.mount(parseDigest(mount), source);
+    const source = typeof mount === 'string' && typeof from === 'string' && from !== '' ? from : undefined;
+    const repo = source === undefined ? await repositoryFor(ctx, services, ['pull', 'push']) : await mountAccess(ctx, source);
+    // A mount without `from` links a blob from anywhere in the registry: only where everyone
+    // may pull everything, or knowing a digest would grant its blob.
+    const mountable = typeof mount === 'string' && (source !== undefined ? ctx.state.mountFrom === true : services.access.everyoneMayPull === true);
+    if (mountable) {
+      const mounted = await repo.blobs.mount(parseDigest(mount as string), source);
       if (mounted) return sendCreated(ctx, repo, mounted.digest.value);
-      // Not mountable: the spec says to fall back to a normal upload session.
     }
+    // Not mountable: the spec says to fall back to a normal upload session.
     if (typeof digest === 'string') {
       const wanted = parseDigest(digest);
       const length = bodyLength(ctx);
@@ -64,6 +67,27 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     }
     sendStatus(ctx, repo, await repo.uploads.start(), 202);
   });
+
+  /**
+   * The target repository of a mount from `source`. Both scopes are asked in one check, so
+   * that one challenge names both and the client's next token covers both; a caller who may
+   * push here but not pull the source gets a plain upload session, not a refusal.
+   */
+  const mountAccess = async (ctx: Context, source: string): Promise<Repository> => {
+    const name = routeParam(ctx, 0);
+    const repo = services.registry.repository(name); // validates both names before any access check
+    services.registry.repository(source);
+    const target: Access = { type: 'repository', name, actions: ['pull', 'push'] };
+    const both = await checkAccess(ctx, services, [target, { type: 'repository', name: source, actions: ['pull'] }]);
+    if (both.allowed) {
+      ctx.state.mountFrom = true;
+      return repo;
+    }
+    if ((await checkAccess(ctx, services, [target])).allowed) return repo;
+    if (both.challenge) ctx.set('WWW-Authenticate', both.challenge);
+    if (both.retryAfterSeconds !== undefined) ctx.set('Retry-After', String(both.retryAfterSeconds));
+    throw new RegistryError(both.reason, both.message);
+  };
 
   router.get(SESSION, async (ctx) => {
     const repo = await repositoryFor(ctx, services, ['pull']);

@@ -73,23 +73,28 @@ describe('the wharf command', () => {
     delete env.NODE_OPTIONS;
     try {
       const file = join(dir, 'config.yml');
-      await writeFile(file, 'version: 0.1\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: /etc/registry/htpasswd\n');
+      await writeFile(file, 'version: 0.1\nauth:\n  silly:\n    realm: silly-realm\n    service: silly-service\n');
       const auth = await run(bin, ['serve', file], env);
       expect(auth.code).toBe(1);
       expect(auth.stderr).toBe(
-        'wharf: configuration error: auth.htpasswd: authentication is not supported by this version of wharf; ' +
+        'wharf: configuration error: auth.silly: the silly authentication method is not supported by this version of wharf; ' +
           'remove the section or run a wharf that supports it\n',
       );
+      // An htpasswd file that cannot be read: never an open registry instead.
+      await writeFile(file, `version: 0.1\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: ${join(dir, 'missing-htpasswd')}\n`);
+      const unreadable = await run(bin, ['serve', file], env);
+      expect(unreadable.code).toBe(1);
+      expect(unreadable.stderr).toMatch(/^wharf: configuration error: auth\.htpasswd\.path: cannot read the htpasswd file /);
 
       const s3 = await run(bin, ['serve'], { ...env, REGISTRY_STORAGE: 's3' });
       expect(s3.code).toBe(1);
       expect(s3.stderr).toMatch(/^wharf: configuration error: storage\.s3 \(REGISTRY_STORAGE\): the s3 storage driver is not supported/);
 
       if (existsSync('/etc/docker/registry/config.yml')) {
-        // Debian's shipped config turns on htpasswd: wharf would otherwise serve it open.
+        // Debian's shipped config turns on htpasswd with a directory as the file: refused.
         const debian = await run(bin, ['serve', '/etc/docker/registry/config.yml'], env);
         expect(debian.code).toBe(1);
-        expect(debian.stderr).toContain('auth.htpasswd');
+        expect(debian.stderr).toContain('auth.htpasswd.path');
       }
     } finally {
       await rm(dir, { recursive: true, force: true });

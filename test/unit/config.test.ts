@@ -2,7 +2,7 @@
 // harmless ones are accepted and reported as ignored; the cheap ones work.
 import { afterEach, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { connect as tlsConnect } from 'node:tls';
@@ -77,20 +77,8 @@ health:
 
 /** Each refused feature: a file form, environment forms, and the key the refusal names. */
 const REFUSED: { key: string; yaml: string; env: Record<string, string>[]; says: RegExp }[] = [
-  {
-    key: 'auth.htpasswd',
-    yaml: 'auth:\n  htpasswd:\n    realm: basic-realm\n    path: /etc/registry/htpasswd\n',
-    env: [{ REGISTRY_AUTH_HTPASSWD_REALM: 'basic-realm' }, { REGISTRY_AUTH: 'htpasswd' }, { REGISTRY_AUTH: '{htpasswd: {realm: r, path: /p}}' }],
-    says: /authentication is not supported/,
-  },
-  {
-    key: 'auth.token',
-    yaml: 'auth:\n  token:\n    realm: https://auth.example.com/token\n    service: registry\n',
-    env: [{ REGISTRY_AUTH_TOKEN_REALM: 'https://auth.example.com/token' }],
-    says: /authentication/,
-  },
-  { key: 'auth.silly', yaml: 'auth:\n  silly:\n', env: [{ REGISTRY_AUTH: 'silly' }], says: /authentication/ },
-  { key: 'auth.htpasswd', yaml: 'auth: htpasswd\n', env: [{ REGISTRY_AUTH_HTPASSWD: '' }], says: /authentication/ },
+  { key: 'auth.silly', yaml: 'auth:\n  silly:\n', env: [{ REGISTRY_AUTH: 'silly' }, { REGISTRY_AUTH_SILLY_REALM: 'r' }], says: /the silly authentication method/ },
+  { key: 'auth.ldap', yaml: 'auth:\n  ldap:\n    url: ldap://x\n', env: [{ REGISTRY_AUTH_LDAP_URL: 'ldap://x' }], says: /the ldap authentication method/ },
   ...['s3', 'azure', 'gcs', 'swift', 'oss', 'inmemory'].map((driver) => ({
     key: `storage.${driver}`,
     yaml: `storage:\n  ${driver}:\n    bucket: b\n  delete:\n    enabled: true\n`,
@@ -177,8 +165,8 @@ describe('refused configuration', () => {
   }
 
   it('says what to do, in the documented words', async () => {
-    expect(await yamlRefusal('auth:\n  htpasswd:\n    realm: r\n    path: /p\n')).toBe(
-      'auth.htpasswd: authentication is not supported by this version of wharf; remove the section or run a wharf that supports it',
+    expect(await yamlRefusal('redis:\n  addr: localhost:6379\n')).toBe(
+      'redis: redis is not supported by this version of wharf; remove the section or run a wharf that supports it',
     );
   });
 
@@ -188,12 +176,12 @@ describe('refused configuration', () => {
         env: {
           REGISTRY_STORAGE_S3_SECRETKEY: 'topsecret-key',
           REGISTRY_REDIS_PASSWORD: 'topsecret-pass',
-          REGISTRY_AUTH_HTPASSWD_PATH: '/etc/htpasswd',
+          REGISTRY_AUTH_SILLY_REALM: 'topsecret-realm',
         },
       }),
     );
     expect(message.split('\n').map((line) => line.split(':')[0]).sort()).toEqual([
-      'auth.htpasswd (REGISTRY_AUTH_HTPASSWD_PATH)',
+      'auth.silly (REGISTRY_AUTH_SILLY_REALM)',
       'redis (REGISTRY_REDIS_PASSWORD)',
       'storage.s3 (REGISTRY_STORAGE_S3_SECRETKEY)',
     ]);
@@ -482,13 +470,22 @@ describe('implemented keys', () => {
 });
 
 describe("Debian's docker-registry config.yml", () => {
-  // Debian's file turns on htpasswd authentication (Distribution answers 401 with it). wharf
-  // has no authentication yet, so serving it would open a registry its operator closed:
-  // refused, naming only auth.htpasswd; everything else in it loads.
+  // Debian's file turns on htpasswd authentication with `path: /etc/docker/registry`, a
+  // directory (Distribution refuses to start on it too): it loads, but starting refuses,
+  // naming the key, rather than serving open; without the auth section it serves.
   async function expectDebian(yaml: string): Promise<void> {
-    expect(await yamlRefusal(yaml)).toBe(
-      'auth.htpasswd: authentication is not supported by this version of wharf; remove the section or run a wharf that supports it',
-    );
+    const withAuth = await loadYaml(yaml);
+    expect(withAuth.auth).toEqual({ method: 'htpasswd', realm: 'basic-realm', path: '/etc/docker/registry' });
+    const root = mkdtempSync(join(tmpdir(), 'wharf-debian-'));
+    try {
+      const started = startRegistryServer(
+        { ...withAuth, http: { ...withAuth.http, addr: '127.0.0.1:0' }, storage: { ...withAuth.storage, filesystem: { ...withAuth.storage.filesystem, rootdirectory: root } } },
+        createLogger('silent'),
+      );
+      await expect(started).rejects.toThrow(/^auth\.htpasswd\.path: cannot read the htpasswd file \/etc\/docker\/registry/);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
     const withoutAuth = yaml.replace(/^auth:\n(?: .*\n)*/m, '');
     expect(withoutAuth).not.toContain('htpasswd');
     const config = await loadYaml(withoutAuth);
@@ -500,7 +497,7 @@ describe("Debian's docker-registry config.yml", () => {
     expect(config.ignoredKeys.map((k) => k.key).sort()).toEqual(['health', 'storage.cache.blobdescriptor']);
   }
 
-  it('as shipped (fixture): only its auth section is refused', () => expectDebian(DEBIAN_CONFIG));
+  it('as shipped (fixture): starting refuses its htpasswd path, naming the key', () => expectDebian(DEBIAN_CONFIG));
 
   it.skipIf(!existsSync('/etc/docker/registry/config.yml'))('the installed /etc/docker/registry/config.yml', async () => {
     await expectDebian(readFileSync('/etc/docker/registry/config.yml', 'utf8'));
@@ -565,6 +562,48 @@ describe('proxy (the pull-through mirror)', () => {
       [{ REGISTRY_PROXY_UPSTREAMS: '{ghcr.io: {}}', REGISTRY_PROXY_PASSWORD: 'p' }, /proxy\.password: belongs to proxy\.remoteurl/],
       [{ REGISTRY_PROXY_REMOTEURL: 'https://r.example', REGISTRY_PROXY_CACHESIZE: 'lots' }, /proxy\.cachesize: expected a size/],
       [{ REGISTRY_PROXY_REMOTEURL: 'https://r.example', REGISTRY_PROXY_SCHEDULER: 'x' }, /proxy\.scheduler.*unknown configuration key/],
+    ];
+    for (const [env, message] of refused) expect(() => loadConfig({ env }), JSON.stringify(env)).toThrow(message);
+  });
+});
+
+describe('auth', () => {
+  it('reads htpasswd and token settings, file and environment', async () => {
+    expect(loadConfig({ env: { REGISTRY_AUTH_HTPASSWD_REALM: 'r', REGISTRY_AUTH_HTPASSWD_PATH: '/etc/htpasswd' } }).auth).toEqual({
+      method: 'htpasswd',
+      realm: 'r',
+      path: '/etc/htpasswd',
+    });
+    const token = await loadYaml(
+      'auth:\n  token:\n    realm: https://auth.example.com/token\n    service: registry.example.com\n    issuer: auth.example.com\n    rootcertbundle: /certs/ca.pem\n    signingalgorithms: [ES256, RS256]\n',
+    );
+    expect(token.auth).toMatchObject({ method: 'token', service: 'registry.example.com', issuer: 'auth.example.com', rootcertbundle: '/certs/ca.pem', signingalgorithms: ['ES256', 'RS256'], autoredirect: false });
+    const server = loadConfig({
+      env: {
+        REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: '/srv/registry',
+        REGISTRY_AUTH_TOKEN: '{realm: "https://r.example/auth/token", service: r.example, issuer: wharf}',
+        REGISTRY_AUTH_TOKENSERVER: '{htpasswd: /etc/htpasswd, expiration: 10m, rules: [{anonymous: true, repositories: ["public/**"], actions: [pull]}]}',
+      },
+    }).auth;
+    expect(server).toMatchObject({ method: 'token', server: { htpasswd: '/etc/htpasswd', keydir: '/srv/registry/wharf/token', expiration: 600_000 } });
+    expect(loadConfig({ env: {} }).auth).toBeUndefined();
+  });
+
+  it('refuses what it cannot enforce, naming the key', async () => {
+    const refused: [Record<string, string>, RegExp][] = [
+      [{ REGISTRY_AUTH: 'htpasswd' }, /^auth\.htpasswd\.realm: required/],
+      [{ REGISTRY_AUTH_HTPASSWD_REALM: 'r' }, /^auth\.htpasswd\.path: required/],
+      [{ REGISTRY_AUTH_HTPASSWD_REALM: 'r', REGISTRY_AUTH_HTPASSWD_PATH: '/p', REGISTRY_AUTH_HTPASSWD_CACHE: '1' }, /^auth\.htpasswd\.cache: unknown setting/],
+      [{ REGISTRY_AUTH_TOKEN: '{realm: "https://a.example/t", service: s, issuer: i}' }, /^auth\.token: set rootcertbundle or jwks/],
+      [{ REGISTRY_AUTH_TOKEN: '{realm: /relative, service: s, issuer: i, jwks: /j}' }, /^auth\.token\.realm: expected an absolute/],
+      [{ REGISTRY_AUTH_TOKEN: '{realm: "https://a.example/t", service: s, issuer: i, jwks: /j, signingalgorithms: [HS256]}' }, /signingalgorithms: "HS256" is not supported/],
+      [{ REGISTRY_AUTH_TOKEN: '{realm: "https://a.example/t", service: s, issuer: i, jwks: /j, autoredirectpath: /x}' }, /^auth\.token\.autoredirectpath: unknown setting/],
+      [{ REGISTRY_AUTH_TOKENSERVER: '{htpasswd: /h}' }, /^auth\.tokenserver: set auth\.token too/],
+      [{ REGISTRY_AUTH_HTPASSWD: '{realm: r, path: /p}', REGISTRY_AUTH_TOKEN: '{realm: "https://a.example/t", service: s, issuer: i, jwks: /j}' }, /^auth: configure one method/],
+      [
+        { REGISTRY_AUTH_TOKEN: '{realm: "https://a.example/t", service: s, issuer: i}', REGISTRY_AUTH_TOKENSERVER: '{htpasswd: /h, rules: [{account: a, group: g, repositories: [x], actions: [pull]}]}' },
+        /rules\[0\]: give exactly one of account, group or anonymous/,
+      ],
     ];
     for (const [env, message] of refused) expect(() => loadConfig({ env }), JSON.stringify(env)).toThrow(message);
   });
