@@ -159,9 +159,10 @@ export async function pushImage(base: string, repo: string, tag: string): Promis
 }
 
 /** GET and HEAD by tag answer the pushed manifest byte for byte, with its digest and type. */
-export async function checkManifest(base: string, repo: string, tag: string, image: PushedImage): Promise<void> {
+export async function checkManifest(base: string, repo: string, tag: string, image: PushedImage, authorization?: string): Promise<void> {
   for (const method of ['GET', 'HEAD']) {
-    const reply = await send({ method, base, url: `/v2/${repo}/manifests/${tag}`, headers: { Accept: OCI_MANIFEST } });
+    const headers: Record<string, string> = { Accept: OCI_MANIFEST, ...(authorization ? { Authorization: authorization } : {}) };
+    const reply = await send({ method, base, url: `/v2/${repo}/manifests/${tag}`, headers });
     const what = `${method} /v2/${repo}/manifests/${tag}`;
     expectStatus(reply, 200, what);
     if (header(reply, 'Docker-Content-Digest') !== image.digest) throw new BenchError(`${what}: wrong Docker-Content-Digest`);

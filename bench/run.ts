@@ -17,6 +17,7 @@ import { renderFigures, renderLimits, type LimitRow, type Row } from './report.j
 import { distributionVersion, roundOrder, startServer, type RunningServer, type ServerKind } from './servers.js';
 import { median, Samples, spread } from './stats.js';
 import { profileWharf } from './profile.js';
+import { startTokenWharf, type TokenWharf } from './token-wharf.js';
 
 const MiB = 1 << 20;
 
@@ -191,6 +192,8 @@ interface Context {
   /** Usage per phase and server, one entry per round. */
   usage: Map<string, PhaseUsage[]>;
   garbage: Garbage;
+  /** wharf with token auth on the same data, for the manifest GET with a token. */
+  tokenWharf: TokenWharf;
 }
 
 const KINDS: ServerKind[] = ['wharf', 'distribution'];
@@ -278,6 +281,15 @@ async function runRound(ctx: Context, round: number): Promise<void> {
       samples.add(`${figure}-rps/${kind}`, value.reqPerSec);
       samples.add(`${figure}-p99/${kind}`, value.p99);
       note(tag, `manifest ${figure.toUpperCase()} by tag`, server.label, `${value.reqPerSec.toFixed(0)} req/s, p50 ${value.p50.toFixed(2)} ms, p99 ${value.p99.toFixed(2)} ms`, usage);
+    }
+    if (figure === 'get') {
+      // The same GET through token auth: a valid token on every request, as clients send it.
+      const { server, authorization } = ctx.tokenWharf;
+      const { value, usage } = await phase(ctx, server, 'get-token', () =>
+        wrk({ url: `${server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.loadSeconds, headers: { Accept: OCI_MANIFEST, Authorization: authorization } }),
+      );
+      samples.add('get-rps/wharf-token', value.reqPerSec);
+      note(tag, 'manifest GET by tag, with token', server.label, `${value.reqPerSec.toFixed(0)} req/s, p50 ${value.p50.toFixed(2)} ms, p99 ${value.p99.toFixed(2)} ms`, usage);
     }
     if (!limits) continue;
     const limit = await loadFigure(ctx, figure, trivial.base, '/json', opts.loadSeconds);
@@ -417,7 +429,7 @@ function summarize(ctx: Context, idle: Record<'start' | 'end', Record<ServerKind
     Math.max(...(ctx.usage.get(`${figure}/${kind}`) ?? []).map((u) => u.peakRss - u.startRss)) / MB;
   const cpu = (figure: string, kind: ServerKind): number => median((ctx.usage.get(`${figure}/${kind}`) ?? []).map((u) => u.cpuSeconds));
   const label = sizeLabel(blob.size);
-  const mirror = 'n/a: mirror not built yet';
+  const mirror = 'see npm run bench:mirror (through a throttled link, against Distribution\'s proxy)';
 
   const rows: Row[] = [
     { figure: `Push ${label} monolithic (POST+PUT)`, unit: 'MB/s', ...both('push-mono'), limit: hashWriteLimit, target: pushTarget('push-mono') },
@@ -426,6 +438,16 @@ function summarize(ctx: Context, idle: Record<'start' | 'end', Record<ServerKind
     { figure: `Push ${sizeLabel(opts.smallBytes)} blobs, ${opts.smallClients} clients`, unit: 'blobs/s', ...both('small'), target: atLeast('small', 1.5) },
     { figure: `Manifest GET by tag, ${opts.connections} conns (wrk)`, unit: 'req/s', ...both('get-rps'), limit: m('limit/get-rps'), target: atLeast('get-rps', 5) },
     { figure: 'Manifest GET by tag, p99', unit: 'ms', ...both('get-p99'), limit: m('limit/get-p99'), digits: 2, target: atMost('get-p99', 0.2) },
+    {
+      figure: `Manifest GET by tag with a valid token (wharf)`,
+      unit: 'req/s',
+      wharf: m('get-rps/wharf-token'),
+      noRatio: true,
+      target: {
+        text: `${(m('get-rps/wharf-token') / m('get-rps/wharf')).toFixed(2)}x of open wharf, >= 0.75x`,
+        met: m('get-rps/wharf-token') >= 0.75 * m('get-rps/wharf'),
+      },
+    },
     { figure: `Manifest HEAD by tag, ${opts.connections} conns (ab)`, unit: 'req/s', ...both('head-rps'), limit: m('limit/head-rps'), target: atLeast('head-rps', 5) },
     { figure: 'Manifest HEAD by tag, p99', unit: 'ms', ...both('head-p99'), limit: m('limit/head-p99'), digits: 2, target: atMost('head-p99', 0.2) },
   ];
@@ -451,8 +473,7 @@ function summarize(ctx: Context, idle: Record<'start' | 'end', Record<ServerKind
   rows.push(
     { figure: 'Idle RSS after start-up', unit: 'MB', wharf: idle.start.wharf / MB, distribution: idle.start.distribution / MB, target: { text: 'wharf <= 80 MB', met: idle.start.wharf / MB <= 80 } },
     { figure: 'Idle RSS after the run', unit: 'MB', wharf: idle.end.wharf / MB, distribution: idle.end.distribution / MB, target: { text: 'wharf <= 80 MB', met: idle.end.wharf / MB <= 80 } },
-    { figure: 'Mirror: cold pull through', unit: '', note: mirror },
-    { figure: 'Mirror: warm pull (cached)', unit: '', note: mirror },
+    { figure: 'Mirror: cold and warm pulls', unit: '', note: mirror },
   );
 
   const lim = (name: string, key: string, unit: string, digits = 0): LimitRow => ({ name, unit, value: m(key), spread: spread(samples.get(key)), digits });
@@ -481,6 +502,7 @@ async function compare(opts: Options, workDir: string): Promise<number> {
   const small = new SmallBlobs(opts.smallBytes);
   const servers = {} as Record<ServerKind, RunningServer>;
   let trivial: TrivialServer | undefined;
+  let tokenWharf: TokenWharf | undefined;
   const ctx: Partial<Context> = { opts, workDir, blob, small, servers, samples: new Samples(), usage: new Map(), garbage: new Garbage() };
   try {
     for (const kind of KINDS) {
@@ -505,6 +527,9 @@ async function compare(opts: Options, workDir: string): Promise<number> {
     const idleStart = { wharf: readMemory(servers.wharf.pid).rss, distribution: readMemory(servers.distribution.pid).rss };
     trivial = await startTrivialServer(workDir, blob, image!.manifest);
     ctx.trivial = trivial;
+    tokenWharf = await startTokenWharf(workDir, servers.wharf.dataDir, { log: { mode: opts.logMode }, wharfEntry: opts.wharfEntry, wharfEnv: opts.wharfEnv });
+    ctx.tokenWharf = tokenWharf;
+    await checkManifest(tokenWharf.server.base, 'bench/app', 'latest', image!, tokenWharf.authorization);
     const full = ctx as Context;
     say(`${stamp()} warming up (not recorded)...`);
     await warmUp(full);
@@ -523,6 +548,7 @@ async function compare(opts: Options, workDir: string): Promise<number> {
   } finally {
     agent.destroy();
     await trivial?.stop();
+    await tokenWharf?.server.stop();
     for (const server of Object.values(servers)) await server.stop();
   }
 }

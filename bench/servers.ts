@@ -33,6 +33,11 @@ export interface ServerOptions {
   wharfEnv?: Record<string, string>;
   /** Distribution: use the in-memory blob descriptor cache, as its shipped config.yml does. */
   distributionCache?: boolean;
+  /** wharf: listen on this port (default: a free one) and show this name. */
+  port?: number;
+  label?: string;
+  /** wharf behind auth: GET /v2/ answers 401 once it is up. */
+  authenticated?: boolean;
 }
 
 export interface RunningServer {
@@ -70,7 +75,7 @@ export async function startServer(kind: ServerKind, options: ServerOptions): Pro
   if (kind === 'distribution') return startDistribution(dir, logPath, { log: options.log, cache: options.distributionCache !== false });
   const dataDir = join(dir, 'data');
   await mkdir(dataDir, { recursive: true });
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     REGISTRY_HTTP_ADDR: `127.0.0.1:${port}`,
@@ -91,7 +96,18 @@ export async function startServer(kind: ServerKind, options: ServerOptions): Pro
     : options.nodeArgs
       ? [process.execPath, [...shebangNodeFlags(bin), ...options.nodeArgs, bin, 'serve']]
       : [bin, ['serve']];
-  return launch({ kind, label: 'wharf', command, args, cwd: dir, env, port, dataDir, logPath });
+  return launch({
+    kind,
+    label: options.label ?? 'wharf',
+    command,
+    args,
+    cwd: dir,
+    env,
+    port,
+    dataDir: env.REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY!,
+    logPath,
+    readyStatus: options.authenticated ? 401 : 200,
+  });
 }
 
 /** Distribution's config.yml settings beyond the storage root and port. */
@@ -141,9 +157,11 @@ interface Launch {
   port: number;
   dataDir: string;
   logPath: string;
+  /** What GET /v2/ answers once it is up: 200, or 401 behind auth. */
+  readyStatus?: number;
 }
 
-/** Spawns a registry with its output appended to its log; resolves once GET /v2/ answers 200. */
+/** Spawns a registry with its output appended to its log; resolves once GET /v2/ answers (200). */
 async function launch(l: Launch): Promise<RunningServer> {
   const name = l.name ?? l.label;
   const logFd = openSync(l.logPath, 'a');
@@ -184,7 +202,7 @@ async function launch(l: Launch): Promise<RunningServer> {
     try {
       const res = await fetch(`${base}/v2/`);
       await res.arrayBuffer();
-      if (res.status === 200) break;
+      if (res.status === (l.readyStatus ?? 200)) break;
     } catch {
       // not listening yet
     }

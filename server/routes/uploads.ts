@@ -48,6 +48,11 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     if (mountable) {
       const mounted = await repo.blobs.mount(parseDigest(mount as string), source);
       if (mounted) return sendCreated(ctx, repo, mounted.digest.value);
+    } else if (typeof mount === 'string' && source === undefined) {
+      // Behind auth, a mount without `from` only confirms a blob this repository (which the
+      // caller may pull) already holds.
+      const held = await repo.blobs.stat(parseDigest(mount)).catch(() => undefined);
+      if (held) return sendCreated(ctx, repo, held.digest.value);
     }
     // Not mountable: the spec says to fall back to a normal upload session.
     if (typeof digest === 'string') {

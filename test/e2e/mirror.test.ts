@@ -394,6 +394,72 @@ describe.skipIf(!available)('pull-through mirror (Distribution 2.8 upstream behi
     }
   });
 
+  it('on a driver that cannot read a file being written, clients get the blob once it is verified', async () => {
+    const root = await tempDir('wharf-mirror-nogrow-');
+    const fs = new FilesystemDriver({ rootDirectory: root });
+    // The same driver without reads of files being written, as an object store would be.
+    const driver = Object.assign(Object.create(fs) as FilesystemDriver, { readableWhileWriting: false });
+    const upstreamClient = new UpstreamClient({ urls: [link.url] });
+    const registry = new MirrorRegistry(new LocalRegistry(driver), {
+      defaultUpstream: { host: 'upstream.test', upstream: upstreamClient, upstreamName: (n) => n },
+      upstreams: [],
+      localNamespaces: [],
+      tagTtlMs: 60_000,
+      prefetch: false,
+    });
+    try {
+      const image = await upstreamImage([3_000_000]);
+      const [digest, bytes] = [...image.blobs].find(([, b]) => b.length === 3_000_000)!;
+      link.set({ bandwidth: 3_000_000 });
+      link.resetStats();
+      const repo = registry.repository(image.repo);
+      const read = async (): Promise<Buffer> => {
+        const blob = await repo.blobs.open(parseDigest(digest));
+        const chunks: Buffer[] = [];
+        for await (const chunk of blob.stream) chunks.push(chunk as Buffer);
+        return Buffer.concat(chunks);
+      };
+      const [a, b] = await Promise.all([read(), read()]);
+      expect(a.equals(bytes)).toBe(true);
+      expect(b.equals(bytes)).toBe(true);
+      expect(link.stats().bytesDown).toBeLessThan(bytes.length * 1.05);
+    } finally {
+      await registry.downloads.close();
+      await upstreamClient.close();
+      await rm(root, { recursive: true, force: true, maxRetries: 10 });
+    }
+  });
+
+  it('caches an index by digest and fetches only the platforms clients ask for', async () => {
+    await startMirror({ REGISTRY_PROXY_PREFETCH: 'true' });
+    const amd64 = await upstreamImage([200_000]);
+    const arm64Layer = randomBlob(2_000_000);
+    const direct = new RegistryClient(upstream.url);
+    const arm64 = await direct.pushImage(amd64.repo, 'arm64', [arm64Layer]);
+    const index = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [
+          { mediaType: OCI_MANIFEST, digest: amd64.digest, size: amd64.manifest.length, platform: { os: 'linux', architecture: 'amd64' } },
+          { mediaType: OCI_MANIFEST, digest: arm64.digest, size: arm64.body.length, platform: { os: 'linux', architecture: 'arm64' } },
+        ],
+      }),
+    );
+    expect((await direct.pushManifest(amd64.repo, 'multi', index.toString(), 'application/vnd.oci.image.index.v1+json')).status).toBe(201);
+    link.resetStats();
+    const res = await client.fetch(`/v2/${amd64.repo}/manifests/multi`, { headers: { Accept: ACCEPT } });
+    expect(Buffer.from(await res.arrayBuffer()).equals(index)).toBe(true);
+    await pull(client, { ...amd64, tag: amd64.digest });
+    await new Promise((r) => setTimeout(r, 300)); // prefetches of what was asked for settle
+    expect(link.stats().bytesDown).toBeLessThan(1_000_000); // the arm64 layer (2 MB) never crossed the link
+    link.set({ refuse: true });
+    link.dropConnections();
+    const byDigest = await client.fetch(`/v2/${amd64.repo}/manifests/${sha256(index)}`, { headers: { Accept: ACCEPT } });
+    expect(byDigest.status).toBe(200); // the index itself is cached by digest
+    expect(sha256(arm64Layer)).not.toBe(amd64.digest);
+  });
+
   it('answers 404 for what the upstream does not have', async () => {
     const res = await client.fetch('/v2/mirrored/none/manifests/v1', { headers: { Accept: ACCEPT } });
     expect(res.status).toBe(404);

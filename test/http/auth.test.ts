@@ -240,3 +240,28 @@ describe('auth configuration that cannot be enforced stops start-up', () => {
     expect(() => loadConfig({ env: { REGISTRY_AUTH_SILLY_REALM: 'x' } })).toThrow(/auth\.silly \(REGISTRY_AUTH_SILLY_REALM\): the silly authentication method is not supported/);
   });
 });
+
+describe('a mirror that requires login', () => {
+  it('puts its pulls through the same gate', async () => {
+    const upstream = await startServer();
+    const mirror = await startServer({
+      env: { REGISTRY_PROXY_REMOTEURL: upstream.url, REGISTRY_AUTH_HTPASSWD_REALM: 'mirror', REGISTRY_AUTH_HTPASSWD_PATH: htpasswd },
+    });
+    try {
+      const image = await new RegistryClient(upstream.url).pushImage('library/app', 'v1', [randomBlob(800)]);
+      const anonymous = await fetch(`${mirror.url}/v2/library/app/manifests/v1`, { headers: { Accept: OCI } });
+      expect(anonymous.status).toBe(401);
+      expect(anonymous.headers.get('WWW-Authenticate')).toBe('Basic realm="mirror",charset="UTF-8"');
+      const alice = clientWith(mirror.url, basic('alice', 'alice-pw'));
+      const res = await alice.fetch('/v2/library/app/manifests/v1', { headers: { Accept: OCI } });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('Docker-Content-Digest')).toBe(image.digest);
+      const layer = (image.manifest.layers as { digest: string }[])[0]!.digest;
+      expect((await fetch(`${mirror.url}/v2/library/app/blobs/${layer}`)).status).toBe(401);
+      expect((await alice.fetch(`/v2/library/app/blobs/${layer}`)).status).toBe(200);
+    } finally {
+      await mirror.close();
+      await upstream.close();
+    }
+  });
+});

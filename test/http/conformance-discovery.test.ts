@@ -1,9 +1,10 @@
 // Conformance workflow 3 (Content Discovery): tag listing with n/last, the referrers API
 // with and without the artifactType filter, and the teardown. See CONFORMANCE-NOTES.md.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startServer, type TestServer } from '../support/server.js';
+import type { TestServer } from '../support/server.js';
 import {
-  ANNOTATION_KEY, ARTIFACT_A, expectOciError, Http, isSuiteSorted, makeFixtures, MT, repoName, type Referrer, type Res,
+  ANNOTATION_KEY, ARTIFACT_A, expectOciError, Http, isSuiteSorted, makeFixtures, MT, repoName, startConformanceServer, type Referrer,
+  type Res,
 } from './conformance-helpers.js';
 
 let server: TestServer;
@@ -19,8 +20,7 @@ const blobRefs: string[] = [];
 let allTags: string[] = [];
 
 beforeAll(async () => {
-  server = await startServer({ deleteEnabled: true });
-  http = new Http(server.url);
+  ({ server, http } = await startConformanceServer({ deleteEnabled: true }));
 });
 afterAll(() => server?.close());
 

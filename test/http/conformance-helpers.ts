@@ -1,9 +1,16 @@
 // Shared pieces of the conformance HTTP tests (see CONFORMANCE-NOTES.md): the content the
-// OCI conformance suite pushes, rebuilt here, and a small fetch wrapper that follows
-// Location headers the way the suite's Go client does.
+// OCI conformance suite pushes, rebuilt here, a small fetch wrapper that follows Location
+// headers and authenticates the way the suite's Go client does, and the server start-up in
+// the mode WHARF_CONFORMANCE_AUTH names (open, htpasswd, token).
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { expect } from 'vitest';
+import { expect, type RunnerTask, type RunnerTestSuite } from 'vitest';
+import { freePort } from '../support/processes.js';
+import { startServer, type TestServer, type TestServerOptions } from '../support/server.js';
 
 export const MT = {
   manifest: 'application/vnd.oci.image.manifest.v1+json',
@@ -193,30 +200,135 @@ export function relativeLocation(location: string | null): string {
   return location!;
 }
 
+export interface Credentials {
+  username: string;
+  password: string;
+}
+
+/** The parameters of a WWW-Authenticate challenge, parsed the way reggie does (`key="value"` pairs). */
+export function parseChallenge(header: string | null): { scheme: string; params: Record<string, string> } | undefined {
+  if (!header) return undefined;
+  const scheme = /^\s*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)/.exec(header)?.[1];
+  if (scheme === undefined) return undefined;
+  const params: Record<string, string> = {};
+  for (const m of header.slice(header.indexOf(scheme) + scheme.length).matchAll(/([A-Za-z_]+)="((?:[^"\\]|\\.)*)"/g)) {
+    params[m[1]!.toLowerCase()] = m[2]!.replace(/\\(.)/g, '$1');
+  }
+  return { scheme: scheme.toLowerCase(), params };
+}
+
+/** What a client saw: final answers with and without credentials, challenges, token fetches. */
+export interface AuthStats {
+  requests: number;
+  /** Final answers to requests that carried an Authorization header. */
+  authorized: number;
+  /** Final answers to requests sent without any Authorization header. */
+  anonymous: number;
+  challenges: number;
+  tokenFetches: number;
+}
+
+export const newAuthStats = (): AuthStats => ({ requests: 0, authorized: 0, anonymous: 0, challenges: 0, tokenFetches: 0 });
+
+/**
+ * The suite's HTTP client (reggie over resty): follows nothing by itself, keeps bodies as
+ * bytes. With credentials it authenticates the way reggie does: Basic once the server asked
+ * for Basic; on a 401 with a Bearer challenge a token from the realm (GET with Basic, the
+ * challenge's service and scope), then the request again with `Authorization: Bearer`.
+ * Tokens are kept per scope string, so a repeated scope costs no new token request.
+ */
 export class Http {
-  constructor(readonly base: string) {}
+  private basicUpFront = false;
+  private readonly tokens = new Map<string, string>();
+
+  constructor(
+    readonly base: string,
+    readonly credentials?: Credentials,
+    readonly stats: AuthStats = newAuthStats(),
+  ) {}
+
+  private basic(): string {
+    const { username, password } = this.credentials!;
+    return `Basic ${Buffer.from(`${username}:${password}`).toString('base64')}`;
+  }
+
+  /** A token for one challenge's realm, service and scope (reggie: GET, Basic, query params). */
+  private async fetchToken(params: Record<string, string>): Promise<string> {
+    this.stats.tokenFetches++;
+    const realm = params.realm!;
+    const query = new URLSearchParams({ service: params.service ?? '', scope: params.scope ?? '' });
+    const res = await fetch(`${realm}${realm.includes('?') ? '&' : '?'}${query}`, {
+      headers: { Accept: 'application/json', 'User-Agent': 'distribution-spec-conformance-tests', Authorization: this.basic() },
+    });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`token request to ${realm} (${query}) answered ${res.status}: ${text.slice(0, 300)}`);
+    const info = JSON.parse(text) as { token?: string; access_token?: string };
+    const token = info.token || info.access_token;
+    if (!token) throw new Error(`token response without token: ${text.slice(0, 300)}`);
+    return token;
+  }
 
   async send(method: string, path: string, opts: SendOptions = {}): Promise<Res> {
     let url = this.base + path;
     if (opts.query && Object.keys(opts.query).length > 0) {
       url += (path.includes('?') ? '&' : '?') + new URLSearchParams(opts.query).toString();
     }
-    const init: RequestInit & { duplex?: 'half' } = { method, headers: opts.headers ?? {}, redirect: 'follow' };
-    if (opts.body !== undefined) {
-      const bytes = Buffer.from(opts.body);
-      if (opts.chunked) {
-        init.body = new ReadableStream<Uint8Array>({
-          start(controller) {
-            controller.enqueue(new Uint8Array(bytes));
-            controller.close();
-          },
-        });
-        init.duplex = 'half';
-      } else {
-        init.body = bytes;
+    const bytes = opts.body === undefined ? undefined : Buffer.from(opts.body);
+    const callerAuth = Object.keys(opts.headers ?? {}).some((h) => h.toLowerCase() === 'authorization');
+    // Each attempt builds its request anew: a streamed body cannot be read twice.
+    const attempt = (authorization: string | undefined): Promise<Response> => {
+      const headers: Record<string, string> = { ...opts.headers };
+      if (authorization !== undefined) headers.Authorization = authorization;
+      const init: RequestInit & { duplex?: 'half' } = { method, headers, redirect: 'follow' };
+      if (bytes !== undefined) {
+        if (opts.chunked) {
+          init.body = new ReadableStream<Uint8Array>({
+            start(controller) {
+              controller.enqueue(new Uint8Array(bytes));
+              controller.close();
+            },
+          });
+          init.duplex = 'half';
+        } else {
+          init.body = bytes;
+        }
+      }
+      return fetch(url, init);
+    };
+
+    let authorization = this.credentials && this.basicUpFront && !callerAuth ? this.basic() : undefined;
+    let res = await attempt(authorization);
+    if (res.status === 401 && this.credentials && !callerAuth) {
+      const challenge = parseChallenge(res.headers.get('www-authenticate'));
+      if (challenge?.scheme === 'basic' && authorization === undefined) {
+        this.stats.challenges++;
+        this.basicUpFront = true;
+        await res.arrayBuffer();
+        authorization = this.basic();
+        res = await attempt(authorization);
+      } else if (challenge?.scheme === 'bearer' && challenge.params.realm) {
+        this.stats.challenges++;
+        const scope = challenge.params.scope ?? '';
+        const cached = this.tokens.get(scope);
+        const token = cached ?? (await this.fetchToken(challenge.params));
+        this.tokens.set(scope, token);
+        await res.arrayBuffer();
+        authorization = `Bearer ${token}`;
+        res = await attempt(authorization);
+        if (res.status === 401 && cached !== undefined) {
+          // A cached token that no longer works (expired): one fresh token, one more try.
+          await res.arrayBuffer();
+          const fresh = await this.fetchToken(challenge.params);
+          this.tokens.set(scope, fresh);
+          authorization = `Bearer ${fresh}`;
+          res = await attempt(authorization);
+        }
       }
     }
-    const res = await fetch(url, init);
+    this.stats.requests++;
+    if (authorization !== undefined || callerAuth) this.stats.authorized++;
+    else this.stats.anonymous++;
+
     const body = Buffer.from(await res.arrayBuffer());
     return {
       status: res.status,
@@ -312,3 +424,124 @@ export function isSuiteSorted(tags: string[]): boolean {
 
 /** The unique repository names one test file works in. */
 export const repoName = (prefix: string): string => `conformance/${prefix}-${randomUUID().slice(0, 8)}`;
+
+export type ConformanceAuthMode = 'open' | 'htpasswd' | 'token';
+
+/** The mode named by WHARF_CONFORMANCE_AUTH: `open` (default), `htpasswd` or `token`. */
+export function conformanceAuthMode(): ConformanceAuthMode {
+  const mode = process.env.WHARF_CONFORMANCE_AUTH || 'open';
+  if (mode !== 'open' && mode !== 'htpasswd' && mode !== 'token') {
+    throw new Error(`WHARF_CONFORMANCE_AUTH=${mode}: expected open, htpasswd or token`);
+  }
+  return mode;
+}
+
+/** Every client startConformanceServer hands out counts into this (one module graph per test file). */
+export const conformanceAuthStats: AuthStats = newAuthStats();
+
+const CONFORMANCE_USER = 'conformance';
+const TOKEN_SERVICE = 'wharf-conformance';
+
+/**
+ * Starts wharf for the conformance tests in the WHARF_CONFORMANCE_AUTH mode and returns it with
+ * a suite-like client: `open` = no auth; `htpasswd` = Distribution's htpasswd method; `token` =
+ * the built-in token server (absolute realm on a fixed port) with a rule granting the test user
+ * everything, catalog included. In both auth modes an anonymous `GET /v2/` must be 401 with the
+ * matching challenge and the client's must be 200, so the tests really run authenticated.
+ */
+export async function startConformanceServer(options: TestServerOptions = {}): Promise<{ server: TestServer; http: Http; mode: ConformanceAuthMode }> {
+  const mode = conformanceAuthMode();
+  if (mode === 'open') {
+    const server = await startServer(options);
+    return { server, http: new Http(server.url, undefined, conformanceAuthStats), mode };
+  }
+
+  const dir = await mkdtemp(join(tmpdir(), 'wharf-conformance-auth-'));
+  const credentials: Credentials = { username: CONFORMANCE_USER, password: `pw-${randomUUID()}` };
+  const htpasswd = join(dir, 'htpasswd');
+  const line = execFileSync('htpasswd', ['-Bbn', credentials.username, credentials.password], { encoding: 'utf8' }).trim();
+  await writeFile(htpasswd, `${line}\n`);
+
+  let env: Record<string, string>;
+  let expectedChallenge: string;
+  if (mode === 'htpasswd') {
+    env = { REGISTRY_AUTH_HTPASSWD: JSON.stringify({ realm: 'wharf-conformance', path: htpasswd }) };
+    expectedChallenge = 'Basic realm="wharf-conformance"';
+  } else {
+    const port = await freePort();
+    const realm = `http://127.0.0.1:${port}/auth/token`;
+    env = {
+      REGISTRY_HTTP_ADDR: `127.0.0.1:${port}`,
+      REGISTRY_AUTH_TOKEN: JSON.stringify({ realm, service: TOKEN_SERVICE, issuer: 'wharf-conformance' }),
+      REGISTRY_AUTH_TOKENSERVER: JSON.stringify({
+        htpasswd,
+        keydir: join(dir, 'keys'),
+        rules: [{ account: CONFORMANCE_USER, repositories: ['**'], actions: ['*'], catalog: true }],
+      }),
+    };
+    expectedChallenge = `Bearer realm="${realm}",service="${TOKEN_SERVICE}"`;
+  }
+
+  let server: TestServer;
+  try {
+    server = await startServer({ ...options, env: { ...options.env, ...env } });
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const withCleanup: TestServer = {
+    url: server.url,
+    root: server.root,
+    async close(keepRoot?: boolean) {
+      await server.close(keepRoot);
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    const anonymous = await fetch(`${server.url}/v2/`);
+    await anonymous.arrayBuffer();
+    expect(anonymous.status, `${mode}: anonymous GET /v2/`).toBe(401);
+    expect(anonymous.headers.get('www-authenticate') ?? '', `${mode}: challenge of GET /v2/`).toContain(expectedChallenge);
+    const http = new Http(server.url, credentials, conformanceAuthStats);
+    const probe = await http.get('/v2/');
+    expect(probe.status, `${mode}: GET /v2/ with credentials: ${probe.text()}`).toBe(200);
+    return { server: withCleanup, http, mode };
+  } catch (err) {
+    await withCleanup.close();
+    throw err;
+  }
+}
+
+const WORKFLOWS = ['pull', 'push', 'discovery', 'management'] as const;
+
+/**
+ * For the auth wrappers, after all their tests: every workflow file registered tests here and
+ * they ran (none skipped), and every answer the clients got came to a request that carried
+ * credentials (Basic or Bearer) - nothing was served anonymously.
+ */
+export function expectAuthenticatedRun(file: Readonly<RunnerTestSuite>, mode: Exclude<ConformanceAuthMode, 'open'>): void {
+  const counts: Record<string, number> = {};
+  const notRun: string[] = [];
+  const walk = (tasks: readonly RunnerTask[], workflow: string | undefined): void => {
+    for (const task of tasks) {
+      const own = workflow ?? task.name.split(':')[0]!;
+      if (task.type === 'suite') walk(task.tasks, own);
+      else {
+        counts[own] = (counts[own] ?? 0) + 1;
+        if (task.mode !== 'run' || task.result?.state === 'skip') notRun.push(task.name);
+      }
+    }
+  };
+  walk(file.tasks, undefined);
+  console.info(`[${mode}] conformance tests per workflow: ${JSON.stringify(counts)}; client: ${JSON.stringify(conformanceAuthStats)}`);
+  for (const workflow of WORKFLOWS) expect(counts[workflow] ?? 0, `${mode}: tests of workflow ${workflow}`).toBeGreaterThan(0);
+  expect(Object.keys(counts).sort(), `${mode}: workflows`).toEqual([...WORKFLOWS].sort());
+  expect(notRun, `${mode}: tests not run`).toEqual([]);
+  const stats = conformanceAuthStats;
+  expect(stats.requests, `${mode}: requests`).toBeGreaterThan(0);
+  expect(stats.anonymous, `${mode}: answers to requests without credentials`).toBe(0);
+  expect(stats.authorized, `${mode}: answers to authenticated requests`).toBe(stats.requests);
+  expect(stats.challenges, `${mode}: 401 challenges answered`).toBeGreaterThan(0);
+  if (mode === 'token') expect(stats.tokenFetches, 'token: tokens fetched').toBeGreaterThan(0);
+  else expect(stats.tokenFetches, 'htpasswd: tokens fetched').toBe(0);
+}

@@ -2,8 +2,8 @@
 // deletion, blob delete; plus the answers the suite accepts when deletion is disabled.
 // See CONFORMANCE-NOTES.md.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startServer, type TestServer } from '../support/server.js';
-import { expectOciError, Http, makeFixtures, MT, repoName, SUITE_ERROR_CODES, type Res } from './conformance-helpers.js';
+import type { TestServer } from '../support/server.js';
+import { expectOciError, Http, makeFixtures, MT, repoName, startConformanceServer, SUITE_ERROR_CODES, type Res } from './conformance-helpers.js';
 
 let server: TestServer;
 let http: Http;
@@ -15,8 +15,7 @@ const tag = 'tagtest0';
 let numTags = 0;
 
 beforeAll(async () => {
-  server = await startServer({ deleteEnabled: true });
-  http = new Http(server.url);
+  ({ server, http } = await startConformanceServer({ deleteEnabled: true }));
 });
 afterAll(() => server?.close());
 
@@ -119,8 +118,7 @@ describe('management: deletion disabled', () => {
   const other = repoName('management-nodelete');
 
   beforeAll(async () => {
-    readOnly = await startServer({ deleteEnabled: false });
-    ro = new Http(readOnly.url);
+    ({ server: readOnly, http: ro } = await startConformanceServer({ deleteEnabled: false }));
     await ro.pushBlob(other, config3);
     await ro.pushBlob(other, fx.layer);
     await ro.pushManifest(other, tag, manifest3);

@@ -1,8 +1,8 @@
 // Conformance workflow 1 (Pull), in the suite's order: setup pushes, blob and manifest
 // reads, the error-code check, and both teardown orders. See CONFORMANCE-NOTES.md.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startServer, type TestServer } from '../support/server.js';
-import { expectOciError, Http, INVALID_TAG, makeFixtures, MT, repoName, SUITE_ERROR_CODES } from './conformance-helpers.js';
+import type { TestServer } from '../support/server.js';
+import { expectOciError, Http, INVALID_TAG, makeFixtures, MT, repoName, startConformanceServer, SUITE_ERROR_CODES } from './conformance-helpers.js';
 
 let server: TestServer;
 let http: Http;
@@ -13,8 +13,7 @@ const [config0, config1] = [fx.configs[0]!, fx.configs[1]!];
 const [manifest0, manifest1] = [fx.manifests[0]!, fx.manifests[1]!];
 
 beforeAll(async () => {
-  server = await startServer({ deleteEnabled: true });
-  http = new Http(server.url);
+  ({ server, http } = await startConformanceServer({ deleteEnabled: true }));
 });
 afterAll(() => server?.close());
 

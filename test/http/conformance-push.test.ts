@@ -2,8 +2,8 @@
 // blob uploads, cross-repository mounts, manifest uploads, teardown. See CONFORMANCE-NOTES.md.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startServer, type TestServer } from '../support/server.js';
-import { content, expectOciError, Http, INVALID_TAG, makeFixtures, MT, repoName, type Content } from './conformance-helpers.js';
+import type { TestServer } from '../support/server.js';
+import { content, expectOciError, Http, INVALID_TAG, makeFixtures, MT, repoName, startConformanceServer, type Content } from './conformance-helpers.js';
 
 let server: TestServer;
 let http: Http;
@@ -16,8 +16,7 @@ const uploads = (name: string = repo) => `/v2/${name}/blobs/uploads/`;
 const octet = { 'Content-Type': MT.octet };
 
 beforeAll(async () => {
-  server = await startServer({ deleteEnabled: true });
-  http = new Http(server.url);
+  ({ server, http } = await startConformanceServer({ deleteEnabled: true }));
 });
 afterAll(() => server?.close());
 
