@@ -35,7 +35,7 @@ export class HtpasswdAccessController implements AccessController {
       return { allowed: false, reason: 'TOOMANYREQUESTS', message: 'too many failed logins; try again later', retryAfterSeconds: gate.retryAfterSeconds };
     }
     if (!(await this.users.verify(credentials.username, credentials.password))) {
-      this.limiter.failed(credentials.username, address);
+      this.limiter.failed(credentials.username, address, key);
       return { allowed: false, reason: 'UNAUTHORIZED', message: 'invalid username or password', challenge };
     }
     this.limiter.succeeded(credentials.username, address);

@@ -76,6 +76,12 @@ export class LoginRateLimiter {
   private readonly users: FailureCounter;
   private readonly addresses: FailureCounter;
   private readonly now: () => number;
+  /**
+   * Attempts (a hash of name and password) that already failed in this window. Clients retry a
+   * refused password several times within one operation (containerd sends it five times per
+   * pull): a repeat is not a new guess, and counting it would lock a user out for one typo.
+   */
+  private readonly seenAttempts: LRUCache<string, true>;
 
   constructor(options: LoginRateLimiterOptions = {}) {
     const maxFailures = positive(options.maxFailures ?? 5, 'maxFailures');
@@ -86,6 +92,7 @@ export class LoginRateLimiter {
     this.users = new FailureCounter(maxFailures, windowMs, lockMs, maxEntries);
     this.addresses = new FailureCounter(maxPerAddress, windowMs, lockMs, maxEntries);
     this.now = options.now ?? Date.now;
+    this.seenAttempts = new LRUCache({ max: maxEntries, ttl: windowMs, perf: { now: () => this.now() } });
   }
 
   /** Whether a login attempt for `username` from `ip` may be checked at all. */
@@ -95,7 +102,12 @@ export class LoginRateLimiter {
     return wait > 0 ? { allowed: false, retryAfterSeconds: Math.ceil(wait / 1000) } : { allowed: true };
   }
 
-  failed(username: string, ip: string): void {
+  /** Counts a failed login; `attempt` (a hash of the credentials tried) counts once per window. */
+  failed(username: string, ip: string, attempt?: string): void {
+    if (attempt !== undefined) {
+      if (this.seenAttempts.has(attempt)) return;
+      this.seenAttempts.set(attempt, true);
+    }
     const now = this.now();
     this.users.failed(username, now);
     this.addresses.failed(ip, now);

@@ -10,6 +10,7 @@
 // Responses carry both `token` and `access_token`, `expires_in` and `issued_at`. Refresh
 // tokens live long and are not rotated on use: swarm nodes keep the one --with-registry-auth
 // gave them and never refresh it.
+import { createHash } from 'node:crypto';
 import type { Access } from './access.js';
 import type { HtpasswdFile } from './htpasswd.js';
 import type { LoginRateLimiter } from './rate-limit.js';
@@ -49,6 +50,15 @@ export class TokenRequestError extends Error {
   }
 }
 
+/** A token response's body, and who got it (for the access log; never in the body). */
+export interface TokenAnswer {
+  body: TokenGrant;
+  /** The user; undefined for an anonymous token. */
+  subject?: string;
+  /** How the client authenticated: basic, anonymous, password or refresh_token. */
+  grant: string;
+}
+
 export interface TokenGetRequest {
   credentials?: { username: string; password: string };
   service?: string;
@@ -77,15 +87,15 @@ export class TokenServer {
     return this.options.key.jwks();
   }
 
-  async get(request: TokenGetRequest): Promise<TokenGrant> {
+  async get(request: TokenGetRequest): Promise<TokenAnswer> {
     this.checkService(request.service);
     const subject = request.credentials ? await this.login(request.credentials.username, request.credentials.password, request.remoteAddress) : undefined;
     const grant = await this.grant(subject, parseScopes(request.scopes));
     if (subject !== undefined && request.offlineToken) grant.refresh_token = await this.refreshTokenFor(subject);
-    return grant;
+    return { body: grant, subject, grant: subject === undefined ? 'anonymous' : 'basic' };
   }
 
-  async post(request: TokenPostRequest): Promise<TokenGrant> {
+  async post(request: TokenPostRequest): Promise<TokenAnswer> {
     this.checkService(request.service);
     let subject: string;
     let fromRefresh = false;
@@ -107,7 +117,7 @@ export class TokenServer {
     if (fromRefresh) grant.refresh_token = request.refreshToken;
     else if (request.offline) grant.refresh_token = await this.refreshTokenFor(subject);
     grant.scope = request.scopes.join(' ');
-    return grant;
+    return { body: grant, subject, grant: request.grantType! };
   }
 
   private checkService(service: string | undefined): void {
@@ -121,7 +131,9 @@ export class TokenServer {
     const gate = this.options.limiter.check(username, address);
     if (!gate.allowed) throw new TokenRequestError('too_many_requests', 'too many failed logins; try again later', gate.retryAfterSeconds);
     if (!(await this.options.users.verify(username, password))) {
-      this.options.limiter.failed(username, address);
+      // The same wrong password retried (a client's own retries) counts once.
+      const attempt = createHash('sha256').update(`${username}\n${password}`).digest('base64');
+      this.options.limiter.failed(username, address, attempt);
       throw new TokenRequestError('unauthorized', 'invalid username or password');
     }
     this.options.limiter.succeeded(username, address);

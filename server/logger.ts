@@ -64,6 +64,7 @@ function requestLogging(logger: Logger, accessLog: boolean) {
             aborted: !res.writableFinished,
             remote: ctx.ip,
             user: (ctx.state as { subject?: string }).subject,
+            grant: (ctx.state as { grant?: string }).grant,
             ua: ctx.get('User-Agent') || undefined,
           },
           'request',

@@ -3,7 +3,7 @@
 import type Router from '@koa/router';
 import type { Context } from 'koa';
 import { parseBasic } from '../../auth/challenge.js';
-import { TokenRequestError, type TokenServer } from '../../auth/token-server.js';
+import { TokenRequestError, type TokenAnswer, type TokenServer } from '../../auth/token-server.js';
 import { requestBody } from '../request-body.js';
 
 /** A token request's form is a few hundred bytes; anything near this is not one. */
@@ -17,11 +17,15 @@ const STATUS: Record<TokenRequestError['kind'], number> = {
 };
 
 export function tokenRoutes(router: Router, server: TokenServer): void {
-  const answer = async (ctx: Context, work: () => Promise<object>): Promise<void> => {
+  const answer = async (ctx: Context, work: () => Promise<TokenAnswer>): Promise<void> => {
     ctx.set('Cache-Control', 'no-store');
     try {
-      ctx.body = await work();
+      const answered = await work();
+      ctx.body = answered.body;
       ctx.status = 200;
+      // Who logged in and how, for the access log line (never a secret).
+      ctx.state.subject = answered.subject;
+      ctx.state.grant = answered.grant;
     } catch (err) {
       if (!(err instanceof TokenRequestError)) throw err;
       ctx.status = STATUS[err.kind];

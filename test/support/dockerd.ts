@@ -44,6 +44,12 @@ export interface DockerdOptions {
   /** Extra /etc/hosts lines inside dockerd's namespace, e.g. [['127.0.0.1', 'registry.test']]. */
   extraHosts?: Array<[ip: string, name: string]>;
   startTimeoutMs?: number;
+  /**
+   * Also a network namespace of its own (`unshare -n`) with only loopback up: nothing on the
+   * host's 127.0.0.1 is reachable from dockerd (or its containers) unless forwarded into it,
+   * e.g. by test/support/swarm.ts. Default false (the host's network).
+   */
+  netns?: boolean;
 }
 
 const shQuote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -84,6 +90,7 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
   ];
   const script = [
     'set -e',
+    ...(opts.netns ? [`${shQuote(mustToolPath('ip'))} link set lo up`] : []),
     // Mounts made here stay in this namespace.
     'mount --make-rprivate / 2>/dev/null || true',
     `mount --bind ${shQuote(hostsFile)} /etc/hosts`,
@@ -91,7 +98,7 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
     'if [ -d /run/containerd ]; then mount -t tmpfs tmpfs /run/containerd; fi',
     `exec ${dockerdArgs.map(shQuote).join(' ')}`,
   ].join('\n');
-  const proc = spawnLogged('dockerd', unshareBin, ['-m', 'sh', '-c', script], {
+  const proc = spawnLogged('dockerd', unshareBin, [...(opts.netns ? ['-n'] : []), '-m', 'sh', '-c', script], {
     logFile: join(LOG_DIR, `dockerd-${dir.split('/').pop()}-${Date.now()}.log`),
   });
 

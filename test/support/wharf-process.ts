@@ -27,6 +27,16 @@ export interface WharfOptions {
   /** Optional config.yml path given to `serve`. */
   configFile?: string;
   startTimeoutMs?: number;
+  /**
+   * Listen on this port instead of a free one picked at start (e.g. when the configuration
+   * must name wharf's own URL, as a token realm does). Not retried elsewhere if taken.
+   */
+  port?: number;
+  /**
+   * The status GET /v2/ answers once wharf is up; default 200. With authentication on,
+   * 401 (the challenge) is what an anonymous client gets.
+   */
+  readyStatus?: number;
 }
 
 export async function startWharf(opts: WharfOptions = {}): Promise<WharfProcess> {
@@ -38,7 +48,7 @@ export async function startWharf(opts: WharfOptions = {}): Promise<WharfProcess>
       try {
         return await startOnce(opts, root, ownRoot);
       } catch (err) {
-        if (attempt >= 3 || !/EADDRINUSE/.test((err as Error).message)) throw err;
+        if (attempt >= 3 || opts.port !== undefined || !/EADDRINUSE/.test((err as Error).message)) throw err;
       }
     }
   } catch (err) {
@@ -48,7 +58,7 @@ export async function startWharf(opts: WharfOptions = {}): Promise<WharfProcess>
 }
 
 async function startOnce(opts: WharfOptions, root: string, ownRoot: boolean): Promise<WharfProcess> {
-  const port = await freePort();
+  const port = opts.port ?? (await freePort());
   const host = `127.0.0.1:${port}`;
   // Only the configuration given here: REGISTRY_* variables of the calling shell stay out.
   const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
@@ -74,8 +84,9 @@ async function startOnce(opts: WharfOptions, root: string, ownRoot: boolean): Pr
     await waitForUrl(`${url}/v2/`, {
       process: proc,
       timeoutMs: opts.startTimeoutMs ?? 30_000,
+      status: opts.readyStatus ?? 200,
       header: ['Docker-Distribution-API-Version', 'registry/2.0'],
-      what: `wharf on ${host} (GET /v2/ -> 200 with Docker-Distribution-API-Version)`,
+      what: `wharf on ${host} (GET /v2/ -> ${opts.readyStatus ?? 200} with Docker-Distribution-API-Version)`,
     });
     // The answer must come from our process, not from something else that took the port:
     // wait for it to log that it listens (or, should the message change, to stay up a while).
