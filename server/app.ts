@@ -1,4 +1,4 @@
-// The Koa application: request id + access log -> errors -> common headers -> /v2 routes.
+// The Koa application: (metrics) -> request id + access log -> errors -> common headers -> /v2 routes.
 // Routes are registered once; each handler parses the request, asks the repository,
 // and writes the response.
 import Koa from 'koa';
@@ -33,6 +33,8 @@ export function createApp(services: AppServices): Koa {
   if (services.tokenServer) tokenRoutes(router, services.tokenServer);
 
   const extraHeaders = Object.entries(config.http.headers);
+  // First, so that it times and counts everything, body draining and errors included.
+  if (services.metrics) app.use(services.metrics.middleware());
   app.use(discardUnreadBody);
   installRequestLogging(app, services.logger, !config.log.accesslog.disabled);
   app.use(async (ctx, next) => {

@@ -55,7 +55,11 @@ export const CONFIG_KEYS: Record<string, KeyRule> = {
   'http.tls.ciphersuites': { refuse: 'choosing TLS cipher suites', hint: "wharf uses Node.js's default suites" },
   'http.tls.letsencrypt': { refuse: "Let's Encrypt", hint: 'use http.tls.certificate and http.tls.key' },
   'http.relativeurls': { ignore: 'Location URLs are always relative unless http.host is set' },
-  'http.debug': { ignore: 'no debug server (pprof, Prometheus metrics) is started' },
+  // The debug address (server/debug-server.ts): health endpoints and Prometheus metrics.
+  // Any other key below http.debug is unknown, so refused.
+  'http.debug.addr': { serve: 'string' },
+  'http.debug.prometheus.enabled': { serve: 'bool' },
+  'http.debug.prometheus.path': { serve: 'string' },
   'http.http2': { ignore: 'wharf serves HTTP/1.1' },
 
   'storage.*': { refuse: (driver) => `the ${driver} storage driver`, hint: 'wharf stores on the local filesystem only' },
@@ -100,7 +104,14 @@ export const CONFIG_KEYS: Record<string, KeyRule> = {
   redis: { refuse: 'redis' },
   middleware: { refuse: 'middleware' },
   reporting: { ignore: 'error reporting to Bugsnag or New Relic is not implemented; errors are still logged' },
-  health: { ignore: 'health checks are not implemented yet (no /debug/health endpoint)' },
+  // Distribution's storage driver health check is served (server/health.ts); its file, HTTP
+  // and TCP checks of other things are not run, which changes nothing the registry serves.
+  'health.storagedriver.enabled': { serve: 'bool' },
+  'health.storagedriver.interval': { serve: 'duration' },
+  'health.storagedriver.threshold': { serve: 'int' },
+  'health.file': { ignore: 'file health checks are not run (only health.storagedriver is)' },
+  'health.http': { ignore: 'HTTP health checks are not run (only health.storagedriver is)' },
+  'health.tcp': { ignore: 'TCP health checks are not run (only health.storagedriver is)' },
   policy: { ignore: 'repository classes only matter with token authentication, which wharf refuses' },
 
   'catalog.maxentries': { serve: 'int' },

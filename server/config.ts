@@ -34,7 +34,11 @@ export interface Config {
     draintimeout: number;
     tls?: { certificate: string; key: string; minimumtls: 'TLSv1.2' | 'TLSv1.3' };
     headers: Record<string, string[]>;
+    /** The debug address (health endpoints, metrics); undefined: no debug server. */
+    debug?: { addr: string; prometheus: { enabled: boolean; path: string } };
   };
+  /** Distribution's storage driver health check, reported by /debug/health and /readyz. */
+  health: { storagedriver: { enabled: boolean; interval: number; threshold: number } };
   storage: {
     driver: 'filesystem';
     /** fsync is a wharf extension: flush data before renames make it visible (default true). */
@@ -75,6 +79,11 @@ export interface LoadOptions {
 const CONFIGURATION_PATH_VARIABLE = 'REGISTRY_CONFIGURATION_PATH';
 const DEFAULT_DRAIN_MS = 25_000;
 const DEFAULT_CATALOG_MAX_ENTRIES = 10_000;
+const DEFAULT_METRICS_PATH = '/metrics';
+/** Distribution checks every 10 s by default. */
+const DEFAULT_HEALTH_INTERVAL_MS = 10_000;
+/** Paths the debug server answers itself (server/debug-server.ts). */
+const DEBUG_PATHS = new Set(['/debug/health', '/healthz', '/readyz']);
 
 export function loadConfig(options: LoadOptions = {}): Config {
   const settings: Settings = new Map();
@@ -376,6 +385,33 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
     if (n > 0) maxentries = n;
   }
 
+  const debugAddr = optStr('http.debug.addr');
+  if (debugAddr !== undefined) parseListenAddress(debugAddr, 'http.debug.addr');
+  const prometheusEnabled = bool('http.debug.prometheus.enabled', false);
+  const prometheusPath = str('http.debug.prometheus.path', DEFAULT_METRICS_PATH) || DEFAULT_METRICS_PATH;
+  if (!prometheusPath.startsWith('/') || /[?#\s]/.test(prometheusPath)) {
+    throw new ConfigError(`http.debug.prometheus.path: expected a path like /metrics, got ${JSON.stringify(prometheusPath)}`);
+  }
+  if (DEBUG_PATHS.has(prometheusPath)) {
+    throw new ConfigError(`http.debug.prometheus.path: ${prometheusPath} is a health endpoint of the debug address; choose another path`);
+  }
+  if (debugAddr === undefined && prometheusEnabled) {
+    // As in Distribution, metrics are served on the debug address only.
+    ignoredKeys.push({ key: 'http.debug.prometheus', reason: 'http.debug.addr is not set, so no debug server serves the metrics' });
+  }
+  const thresholdValue = values.get('health.storagedriver.threshold');
+  let threshold = 1;
+  if (thresholdValue !== undefined && thresholdValue !== null) {
+    const n = Number(thresholdValue);
+    if (typeof thresholdValue === 'boolean' || thresholdValue === '' || !Number.isInteger(n) || n < 0) {
+      throw new ConfigError(`health.storagedriver.threshold: expected a whole number of failures, got ${JSON.stringify(thresholdValue)}`);
+    }
+    // As in Distribution, 0 means the first failure counts.
+    threshold = Math.max(1, n);
+  }
+  // As in Distribution, an interval of 0 means the default.
+  const interval = duration('health.storagedriver.interval', DEFAULT_HEALTH_INTERVAL_MS) || DEFAULT_HEALTH_INTERVAL_MS;
+
   const rootdirectory = resolve(str('storage.filesystem.rootdirectory', './data'));
   return {
     version,
@@ -389,7 +425,9 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
       draintimeout: duration('http.draintimeout', DEFAULT_DRAIN_MS),
       tls: certificate && key ? { certificate, key, minimumtls: minVersion } : undefined,
       headers,
+      debug: debugAddr === undefined ? undefined : { addr: debugAddr, prometheus: { enabled: prometheusEnabled, path: prometheusPath } },
     },
+    health: { storagedriver: { enabled: bool('health.storagedriver.enabled', false), interval, threshold } },
     storage: {
       driver: 'filesystem',
       filesystem: { rootdirectory, fsync: bool('storage.filesystem.fsync', true) },

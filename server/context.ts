@@ -6,6 +6,7 @@ import type { TokenServer } from '../auth/token-server.js';
 import type { Registry, Repository } from '../storage/repository.js';
 import { RegistryError } from '../storage/errors.js';
 import type { Config } from './config.js';
+import type { Metrics } from './metrics.js';
 
 declare module 'koa' {
   interface DefaultContext {
@@ -22,6 +23,8 @@ export interface AppServices {
   logger: Logger;
   /** The built-in token server, when configured. */
   tokenServer?: TokenServer;
+  /** Prometheus metrics, when the debug server serves them. */
+  metrics?: Metrics;
 }
 
 /** Asks the access controller; whether it allows, and who asked (kept on ctx.state for logs). */
@@ -41,6 +44,7 @@ export async function checkAccess(ctx: Context, services: AppServices, access: A
     },
   };
   const decision = await services.access.authorize(request, access);
+  services.metrics?.authDecision(decision);
   if (decision.allowed && decision.subject !== undefined) ctx.state.subject = decision.subject;
   return decision;
 }

@@ -14,6 +14,9 @@ import { createApp } from './app.js';
 import { setupAuth } from './auth-setup.js';
 import { createMirror, type Mirror } from './mirror-setup.js';
 import { createLogger } from './logger.js';
+import { Metrics } from './metrics.js';
+import { StorageHealth } from './health.js';
+import { startDebugServer, type DebugServer } from './debug-server.js';
 
 export interface RunningServer {
   /** The TCP port listened on; 0 on a unix socket (http.net: unix). */
@@ -23,6 +26,10 @@ export interface RunningServer {
   /** The pull-through mirror in front of `registry`, when proxy is configured. */
   mirror?: Mirror;
   logger: Logger;
+  /** The debug address's TCP port (health, metrics), when http.debug.addr is set. */
+  debugPort?: number;
+  /** The Prometheus metrics, when http.debug.prometheus is enabled and the debug server runs. */
+  metrics?: Metrics;
   /** Stops accepting, lets in-flight requests finish, cuts the rest after `graceMs`. */
   close(graceMs?: number): Promise<void>;
 }
@@ -64,7 +71,14 @@ export async function startRegistryServer(
   });
   const mirror = config.proxy ? createMirror(registry, config.proxy, logger) : undefined;
   const auth = await setupAuth(config.auth, logger);
-  const app = createApp({ config, registry: mirror?.registry ?? registry, access: auth.access, tokenServer: auth.tokenServer, logger });
+  const debug = config.http.debug;
+  const metrics = debug?.prometheus.enabled ? new Metrics({ httpPrefix: config.http.prefix }) : undefined;
+  if (metrics && mirror) metrics.watchMirror(mirror);
+  const checks = config.health.storagedriver;
+  // Only the debug address reports the check: without it, nothing would read it.
+  const storageHealth = checks.enabled && debug ? new StorageHealth(driver, { interval: checks.interval, threshold: checks.threshold }) : undefined;
+  if (metrics && storageHealth) metrics.watchStorage(() => storageHealth.healthy);
+  const app = createApp({ config, registry: mirror?.registry ?? registry, access: auth.access, tokenServer: auth.tokenServer, logger, metrics });
 
   const callback = app.callback();
   let requests = 0;
@@ -120,6 +134,29 @@ export async function startRegistryServer(
   const actualPort = typeof address === 'object' && address !== null ? (address as AddressInfo).port : 0;
   logger.info({ addr: config.http.addr, net: config.http.net, port: actualPort, root, tls: Boolean(tls) }, 'wharf listening');
 
+  let draining = false;
+  let debugServer: DebugServer | undefined;
+  if (debug) {
+    try {
+      debugServer = await startDebugServer({
+        addr: debug.addr,
+        driver,
+        storageHealth,
+        metrics,
+        metricsPath: debug.prometheus.path,
+        draining: () => draining,
+        logger,
+      });
+    } catch (err) {
+      server.close();
+      server.closeAllConnections();
+      clearInterval(idleGc);
+      await mirror?.close().catch(() => undefined);
+      throw err;
+    }
+  }
+  storageHealth?.start();
+
   const purging = config.storage.maintenance.uploadpurging;
   let purgeTimer: NodeJS.Timeout | undefined;
   if (purging.enabled) {
@@ -141,8 +178,13 @@ export async function startRegistryServer(
     registry,
     mirror,
     logger,
+    debugPort: debugServer?.port,
+    metrics,
     close: (graceMs = 25_000) =>
       new Promise<void>((resolve) => {
+        // Readiness fails at once, so that load balancers stop sending while requests drain.
+        draining = true;
+        storageHealth?.stop();
         if (purgeTimer) clearTimeout(purgeTimer);
         clearInterval(idleGc);
         // Stop accepting; in-flight requests finish. Keep-alive connections become idle
@@ -153,7 +195,10 @@ export async function startRegistryServer(
           clearInterval(sweep);
           clearTimeout(deadline);
           // Downloads under way stop with the server; their sessions are removed.
-          void (mirror?.close() ?? Promise.resolve()).catch(() => undefined).then(() => resolve());
+          void (mirror?.close() ?? Promise.resolve())
+            .catch(() => undefined)
+            .then(() => debugServer?.close())
+            .then(() => resolve());
         });
         server.closeIdleConnections();
       }),

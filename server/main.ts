@@ -1,15 +1,21 @@
 // The wharf command line: `wharf serve [config.yml]`, `wharf mirror warm IMAGE...`,
-// `wharf --version`, `wharf --help`.
+// `wharf garbage-collect [config.yml] [--dry-run] [--delete-untagged]`, `wharf --version`, `wharf --help`.
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig } from './config.js';
 import { startRegistryServer } from './listen.js';
 import { warmCommand } from './warm-command.js';
+import { FilesystemDriver } from '../storage/filesystem-driver.js';
+import { formatBytes, garbageCollect } from '../storage/garbage-collect.js';
 
 const USAGE = `wharf - a private container registry (OCI Distribution v2)
 
 Usage:
   wharf serve [config.yml]   serve the registry (default: :5000, storage in ./data)
   wharf mirror warm IMAGE... fill the mirror's cache ahead of time (wharf mirror warm --help)
+  wharf garbage-collect [config.yml] [--dry-run|-d] [--delete-untagged|-m]
+                             delete blobs no manifest references, as Distribution's
+                             garbage-collect does. OFFLINE: stop every registry (wharf or
+                             Distribution) serving the storage first
   wharf --version            print the version
   wharf --help               print this help
 
@@ -50,6 +56,7 @@ async function main(argv: string[]): Promise<number> {
       return 1;
     }
   }
+  if (command === 'garbage-collect') return garbageCollectCommand(rest);
   if (command !== 'serve') {
     process.stderr.write(`wharf: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
     return 2;
@@ -85,6 +92,74 @@ async function main(argv: string[]): Promise<number> {
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
   return -1; // keep running
+}
+
+const GC_USAGE = `Usage: wharf garbage-collect [config.yml] [--dry-run|-d] [--delete-untagged|-m]
+
+Deletes every blob no manifest references, in Distribution's way (same marks, same
+result): every manifest of every repository is kept, with its config and layers (an
+index: its child manifests); with --delete-untagged, manifests no tag points at are
+deleted first (children of a kept index stay). Also removes referrer entries of deleted
+manifests, temporary files a crash left (older than 1h) and upload sessions older than
+storage.maintenance.uploadpurging.age (when upload purging is enabled).
+
+It is offline: stop every registry serving the storage before running it. Blobs pushed
+while it runs could be deleted.
+
+  --dry-run, -d          report what would be deleted, delete nothing
+  --delete-untagged, -m  delete manifests that no tag points at
+`;
+
+async function garbageCollectCommand(args: string[]): Promise<number> {
+  let dryRun = false;
+  let deleteUntagged = false;
+  const files: string[] = [];
+  for (const arg of args) {
+    if (arg === '--dry-run' || arg === '-d') dryRun = true;
+    else if (arg === '--delete-untagged' || arg === '-m') deleteUntagged = true;
+    else if (arg === '--help' || arg === '-h') {
+      process.stdout.write(GC_USAGE);
+      return 0;
+    } else if (arg.startsWith('-') || files.length > 0) {
+      process.stderr.write(`wharf: garbage-collect: unexpected argument ${JSON.stringify(arg)}\n\n${GC_USAGE}`);
+      return 2;
+    } else files.push(arg);
+  }
+  let config;
+  try {
+    config = loadConfig({ file: files[0] ?? process.env.REGISTRY_CONFIGURATION_PATH, env: process.env });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    for (const line of err.message.split('\n')) process.stderr.write(`wharf: configuration error: ${line}\n`);
+    return 1;
+  }
+  const root = config.storage.filesystem.rootdirectory;
+  const purging = config.storage.maintenance.uploadpurging;
+  const out = (line: string): void => {
+    process.stdout.write(`${line}\n`);
+  };
+  out(`garbage-collect${dryRun ? ' (dry run)' : ''}${deleteUntagged ? ' --delete-untagged' : ''}: ${root}`);
+  try {
+    const driver = new FilesystemDriver({ rootDirectory: root, fsync: config.storage.filesystem.fsync });
+    const now = new Date();
+    const r = await garbageCollect(driver, {
+      dryRun,
+      deleteUntagged,
+      rootDirectory: root,
+      uploadsStartedBefore: purging.enabled ? new Date(now.getTime() - purging.age) : undefined,
+      now,
+      progress: out,
+    });
+    out(
+      `${dryRun ? 'dry run, nothing deleted: ' : ''}${r.manifestsMarked} manifests marked, ${r.manifestsDeleted} manifests deleted, ` +
+        `${r.blobsMarked} blobs marked, ${r.blobsDeleted} blobs deleted, ${formatBytes(r.bytesFreed)} (${r.bytesFreed} bytes) freed, ` +
+        `${r.referrersDeleted} referrer entries, ${r.tempFilesDeleted} temporary files, ${r.uploadsPurged} upload sessions removed`,
+    );
+    return 0;
+  } catch (err) {
+    process.stderr.write(`wharf: garbage-collect failed: ${(err as Error).message}\n`);
+    return 1;
+  }
 }
 
 main(process.argv.slice(2)).then(

@@ -101,3 +101,87 @@ describe('the wharf command', () => {
     }
   });
 });
+
+describe('the npm package', () => {
+  it('installs from `npm pack` and serves pushes and pulls with the compiled build (no tsx)', async () => {
+    const { spawn } = await import('node:child_process');
+    const { freePort, waitForUrl } = await import('../support/processes.js');
+    const { createHash } = await import('node:crypto');
+    const dir = await mkdtemp(join(tmpdir(), 'wharf-pack-'));
+    const env: NodeJS.ProcessEnv = Object.fromEntries(
+      Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_') && !k.startsWith('VITEST') && !k.startsWith('npm_')),
+    );
+    delete env.NODE_OPTIONS;
+    const npm = (args: string[], cwd: string) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        execFile('npm', args, { cwd, env, timeout: 120_000, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+          resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }),
+        );
+      });
+    let server: ReturnType<typeof spawn> | undefined;
+    try {
+      // Pack a copy, so that prepack's rebuild of dist/ never races other users of this working copy.
+      const src = join(dir, 'src');
+      for (const part of ['bin', 'server', 'storage', 'auth', 'mirror', 'package.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'LICENSE']) {
+        if (existsSync(join(ROOT, part))) await cp(join(ROOT, part), join(src, part), { recursive: true });
+      }
+      await symlink(join(ROOT, 'node_modules'), join(src, 'node_modules'));
+      const pack = await npm(['pack', '--json', '--pack-destination', dir], src);
+      expect(pack.code, pack.stderr).toBe(0);
+      const [info] = JSON.parse(pack.stdout.slice(pack.stdout.indexOf('['))) as [{ filename: string; files: { path: string }[] }];
+      const files = info.files.map((f) => f.path);
+      expect(files).toContain('dist/server/main.js');
+      expect(files).toContain('bin/wharf.js');
+      expect(files.filter((f) => !/^(bin|dist)\//.test(f) && !/^(package\.json|README\.md|LICENSE)$/.test(f))).toEqual([]);
+
+      // Install it as users do, into an empty prefix.
+      const prefix = join(dir, 'prefix');
+      const install = await npm(['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', join(dir, info.filename)], dir);
+      expect(install.code, install.stderr).toBe(0);
+      expect(existsSync(join(prefix, 'lib', 'node_modules', 'wharf', 'node_modules', 'tsx'))).toBe(false);
+      const wharf = join(prefix, 'bin', 'wharf');
+      const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+      expect(await run(wharf, ['--version'], env)).toMatchObject({ code: 0, stdout: `wharf ${pkg.version}\n` });
+
+      // Serve, push a blob and a manifest, pull them back.
+      const port = await freePort();
+      const base = `http://127.0.0.1:${port}`;
+      server = spawn(wharf, ['serve'], {
+        env: { ...env, REGISTRY_HTTP_ADDR: `127.0.0.1:${port}`, REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: join(dir, 'data'), REGISTRY_LOG_LEVEL: 'error' },
+        stdio: 'ignore',
+      });
+      await waitForUrl(`${base}/v2/`, { timeoutMs: 20_000, what: 'the installed wharf' });
+      const digestOf = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+      const blob = Buffer.from('{"architecture":"amd64","os":"linux"}');
+      const put = await fetch(`${base}/v2/pkg/test/blobs/uploads/?digest=${digestOf(blob)}`, { method: 'POST', body: blob as Uint8Array<ArrayBuffer> });
+      expect(put.status).toBe(201);
+      const manifest = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: digestOf(blob), size: blob.length },
+          layers: [],
+        }),
+      );
+      const putManifest = await fetch(`${base}/v2/pkg/test/manifests/v1`, {
+        method: 'PUT',
+        body: manifest as Uint8Array<ArrayBuffer>,
+        headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' },
+      });
+      expect(putManifest.status).toBe(201);
+      const got = await fetch(`${base}/v2/pkg/test/manifests/v1`, { headers: { Accept: 'application/vnd.oci.image.manifest.v1+json' } });
+      expect(got.status).toBe(200);
+      expect(Buffer.from(await got.arrayBuffer()).equals(manifest)).toBe(true);
+      const gotBlob = await fetch(`${base}/v2/pkg/test/blobs/${digestOf(blob)}`);
+      expect(gotBlob.status).toBe(200);
+      expect(Buffer.from(await gotBlob.arrayBuffer()).equals(blob)).toBe(true);
+    } finally {
+      if (server?.pid !== undefined && server.exitCode === null) {
+        const exited = new Promise((r) => server!.once('exit', r));
+        server.kill('SIGTERM');
+        await exited;
+      }
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});

@@ -223,8 +223,7 @@ describe('ignored configuration', () => {
     ['log.hooks', 'log:\n  hooks:\n    - type: mail\n      levels: [panic]\n'],
     ['log.reportcaller', 'log:\n  reportcaller: true\n'],
     ['reporting', 'reporting:\n  bugsnag:\n    apikey: k\n'],
-    ['health', 'health:\n  storagedriver:\n    enabled: true\n    interval: 10s\n'],
-    ['http.debug', 'http:\n  debug:\n    addr: localhost:5001\n    prometheus: { enabled: true, path: /metrics }\n'],
+    ['health.file', 'health:\n  file:\n    - file: /tmp/down\n      interval: 10s\n'],
     ['http.http2', 'http:\n  http2:\n    disabled: false\n'],
     ['http.relativeurls', 'http:\n  relativeurls: true\n'],
     ['storage.filesystem.maxthreads', 'storage:\n  filesystem:\n    maxthreads: 100\n'],
@@ -257,7 +256,6 @@ describe('ignored configuration', () => {
     });
     expect(config.ignoredKeys.map((k) => k.key).sort()).toEqual([
       'compatibility.schema1.enabled',
-      'health',
       'log.formatter',
       'storage.cache.blobdescriptor',
       'storage.redirect.disable',
@@ -287,7 +285,6 @@ describe('ignored configuration', () => {
     cleanups.push(() => running.close(500));
     const warnings = lines.filter((l) => l.msg === 'configuration key ignored');
     expect(warnings.map((l) => [l.level, l.key]).sort()).toEqual([
-      [40, 'health'],
       [40, 'log.formatter'],
     ]);
   });
@@ -494,7 +491,7 @@ describe("Debian's docker-registry config.yml", () => {
     expect(config.storage.delete.enabled).toBe(true);
     expect(config.http.addr).toBe(':5000');
     expect(config.http.headers).toEqual({ 'X-Content-Type-Options': ['nosniff'] });
-    expect(config.ignoredKeys.map((k) => k.key).sort()).toEqual(['health', 'storage.cache.blobdescriptor']);
+    expect(config.ignoredKeys.map((k) => k.key).sort()).toEqual(['storage.cache.blobdescriptor']);
   }
 
   it('as shipped (fixture): starting refuses its htpasswd path, naming the key', () => expectDebian(DEBIAN_CONFIG));

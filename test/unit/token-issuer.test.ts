@@ -333,6 +333,19 @@ describe('LoginRateLimiter', () => {
     expect(limiter.check('alice', '10.9.9.9').allowed).toBe(true);
   });
 
+  it('counts a retried attempt (the same credentials, as containerd retries them) once per window', () => {
+    const t = clock();
+    const limiter = new LoginRateLimiter({ maxFailures: 3, windowMs: 60_000, lockMs: 30_000, now: t.now });
+    for (let i = 0; i < 10; i++) limiter.failed('cory', '10.0.0.1', 'hash-of-cory-and-typo');
+    expect(limiter.check('cory', '10.0.0.1').allowed).toBe(true);
+    limiter.failed('cory', '10.0.0.1', 'second-guess');
+    limiter.failed('cory', '10.0.0.1', 'third-guess');
+    expect(limiter.check('cory', '10.0.0.1').allowed).toBe(false); // three different guesses do lock
+    t.advance(61_000);
+    limiter.failed('cory', '10.0.0.1', 'hash-of-cory-and-typo'); // the window passed: it counts again
+    expect(limiter.check('cory', '10.0.0.1').allowed).toBe(true);
+  });
+
   it('locks an address after maxFailuresPerAddress (default 4 × maxFailures), whatever the names', () => {
     const t = clock();
     const limiter = new LoginRateLimiter({ maxFailures: 5, now: t.now });

@@ -1,0 +1,378 @@
+// Prometheus metrics (prom-client), served on the debug address (server/debug-server.ts).
+//
+// Cost matters: a manifest GET runs at 15-20k requests/s. prom-client's labelled
+// `inc`/`observe` build a label hash string on every call, so the request path never calls
+// prom-client: it adds to plain numbers in tables made at start-up (one slot per route and
+// method, a Map from status to count, a histogram's buckets), and prom-client reads the
+// tables when Prometheus scrapes (collect callbacks, and `get()` of the latency histogram).
+// Per request: one process.hrtime.bigint() pair, a scan of the path for its route name, a
+// few array and Map updates. Labels are a fixed small set: the route is one of ROUTES,
+// never the path; methods outside METHODS count as `other`.
+import type { IncomingMessage } from 'node:http';
+import type { Context, Middleware, Next } from 'koa';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { AccessDecision } from '../auth/access.js';
+import type { Mirror } from './mirror-setup.js';
+
+export const ROUTES = ['base', 'blob', 'upload', 'manifest', 'tags', 'catalog', 'referrers', 'token', 'other'] as const;
+export type RouteName = (typeof ROUTES)[number];
+const R_BASE = 0, R_BLOB = 1, R_UPLOAD = 2, R_MANIFEST = 3, R_TAGS = 4, R_CATALOG = 5, R_REFERRERS = 6, R_TOKEN = 7, R_OTHER = 8;
+
+export const METHODS = ['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTIONS', 'other'] as const;
+
+/** Seconds; registry requests range from sub-millisecond manifest hits to minutes-long blob transfers. */
+export const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+
+export const AUTH_OUTCOMES = ['allowed', 'unauthorized', 'denied', 'toomanyrequests'] as const;
+
+function methodIndex(method: string): number {
+  switch (method) {
+    case 'GET': return 0;
+    case 'HEAD': return 1;
+    case 'PUT': return 2;
+    case 'POST': return 3;
+    case 'PATCH': return 4;
+    case 'DELETE': return 5;
+    case 'OPTIONS': return 6;
+    default: return 7;
+  }
+}
+
+/** `path` has `segment` (no slashes) exactly between `from` and `to`. */
+function segmentIs(path: string, from: number, to: number, segment: string): boolean {
+  return to - from === segment.length && path.startsWith(segment, from);
+}
+
+/**
+ * Which API route a path addresses, by its shape, without allocating (the routes' own
+ * regular expressions would build capture arrays). `prefix` is http.prefix without its
+ * trailing slash. Shapes follow the routers: .../blobs/uploads[/<id>] is an upload, the
+ * repository name is everything before the last two segments.
+ */
+export function routeIndex(path: string, prefix: string): number {
+  if (prefix !== '' && !path.startsWith(prefix)) return R_OTHER;
+  const start = prefix.length;
+  if (path.startsWith('/auth/', start)) {
+    const tail = path.length - start;
+    return (tail === 11 && path.endsWith('/auth/token')) || (tail === 10 && path.endsWith('/auth/jwks')) ? R_TOKEN : R_OTHER;
+  }
+  if (!path.startsWith('/v2', start)) return R_OTHER;
+  const rest = start + 4; // after /v2/
+  if (path.length <= rest) return path.length === rest - 1 || path[rest - 1] === '/' ? R_BASE : R_OTHER;
+  if (path[rest - 1] !== '/') return R_OTHER;
+  if (path.length === rest + 8 && path.endsWith('_catalog')) return R_CATALOG;
+  // /v2/<name>/<kind>/<last>: the repository name is everything before the last two segments.
+  const last = path.lastIndexOf('/');
+  const kind = path.lastIndexOf('/', last - 1);
+  if (kind <= rest) return R_OTHER; // no name
+  if (segmentIs(path, kind + 1, last, 'manifests')) return R_MANIFEST;
+  if (segmentIs(path, kind + 1, last, 'blobs')) return segmentIs(path, last + 1, path.length, 'uploads') ? R_UPLOAD : R_BLOB;
+  if (segmentIs(path, kind + 1, last, 'tags')) return segmentIs(path, last + 1, path.length, 'list') ? R_TAGS : R_OTHER;
+  if (segmentIs(path, kind + 1, last, 'referrers')) return R_REFERRERS;
+  if (segmentIs(path, kind + 1, last, 'uploads')) {
+    // .../blobs/uploads/<id>, and .../blobs/uploads/ (an empty last segment)
+    const blobs = path.lastIndexOf('/', kind - 1);
+    if (blobs > rest && segmentIs(path, blobs + 1, kind, 'blobs')) return R_UPLOAD;
+  }
+  return R_OTHER;
+}
+
+export function routeName(path: string, prefix = ''): RouteName {
+  return ROUTES[routeIndex(path, prefix)]!;
+}
+
+/** Counts of one route and method: answers by status, and the latency histogram. */
+class Slot {
+  readonly statuses = new Map<number, number>();
+  readonly buckets = new Float64Array(DURATION_BUCKETS.length);
+  count = 0;
+  sum = 0;
+}
+
+interface MetricValue {
+  labels: Record<string, string | number>;
+  value: number;
+  metricName?: string;
+}
+
+type HistogramValues = Awaited<ReturnType<Histogram<'route' | 'method'>['get']>>;
+
+/** A histogram whose numbers live in `Slot`s; prom-client only formats them at scrape time. */
+class SlotHistogram extends Histogram<'route' | 'method'> {
+  constructor(
+    private readonly metricName: string,
+    private readonly metricHelp: string,
+    registry: Registry,
+    private readonly slots: Slot[],
+  ) {
+    super({ name: metricName, help: metricHelp, labelNames: ['route', 'method'], buckets: DURATION_BUCKETS, registers: [registry] });
+  }
+
+  /** The registry formats this (rather than get()) for the exposition text. */
+  getForPromString(): Promise<HistogramValues> {
+    return this.get();
+  }
+
+  /** What the registry formats: the buckets, sum and count of each route and method seen. */
+  override async get(): Promise<HistogramValues> {
+    const values: MetricValue[] = [];
+    const name = this.metricName;
+    this.slots.forEach((slot, i) => {
+      if (slot.count === 0) return;
+      const route = ROUTES[Math.floor(i / METHODS.length)]!;
+      const method = METHODS[i % METHODS.length]!;
+      let cumulative = 0;
+      DURATION_BUCKETS.forEach((le, b) => {
+        cumulative += slot.buckets[b]!;
+        values.push({ labels: { route, method, le }, value: cumulative, metricName: `${name}_bucket` });
+      });
+      values.push({ labels: { route, method, le: '+Inf' }, value: slot.count, metricName: `${name}_bucket` });
+      values.push({ labels: { route, method }, value: slot.sum, metricName: `${name}_sum` });
+      values.push({ labels: { route, method }, value: slot.count, metricName: `${name}_count` });
+    });
+    // `le` is a label prom-client's types do not list for a histogram's values.
+    return { name, help: this.metricHelp, type: 'histogram', values, aggregator: 'sum' } as unknown as HistogramValues;
+  }
+}
+
+export interface MetricsOptions {
+  /** http.prefix without its trailing slash: route names are read after it. */
+  httpPrefix?: string;
+  /** process_* and nodejs_* metrics (default true). */
+  defaultMetrics?: boolean;
+}
+
+const BODY_BYTES = Symbol('wharf body bytes');
+type CountedRequest = IncomingMessage & { [BODY_BYTES]?: number };
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly prefix: string;
+  private readonly slots: Slot[] = [];
+  private readonly bytesIn = new Float64Array(ROUTES.length);
+  private readonly bytesOut = new Float64Array(ROUTES.length);
+  private readonly unavailable = new Float64Array(ROUTES.length);
+  private readonly auth = new Float64Array(AUTH_OUTCOMES.length);
+
+  constructor(options: MetricsOptions = {}) {
+    this.prefix = options.httpPrefix ?? '';
+    for (let i = 0; i < ROUTES.length * METHODS.length; i++) this.slots.push(new Slot());
+    const registers = [this.registry];
+    const { slots, bytesIn, bytesOut, unavailable, auth } = this;
+
+    new Counter({
+      name: 'wharf_http_requests_total',
+      help: 'HTTP requests answered on the registry address, by route name, method and status',
+      labelNames: ['route', 'method', 'status'],
+      registers,
+      collect() {
+        this.reset();
+        slots.forEach((slot, i) => {
+          const route = ROUTES[Math.floor(i / METHODS.length)]!;
+          const method = METHODS[i % METHODS.length]!;
+          for (const [status, n] of slot.statuses) this.inc({ route, method, status }, n);
+        });
+      },
+    });
+    new SlotHistogram(
+      'wharf_http_request_duration_seconds',
+      'Time from the request to its answer (for bodies the handler sends itself, such as blob pulls from storage, until the last byte is handed to the socket)',
+      this.registry,
+      slots,
+    );
+    const perRoute = (name: string, help: string, table: Float64Array): void => {
+      new Counter({
+        name,
+        help,
+        labelNames: ['route'],
+        registers,
+        collect() {
+          this.reset();
+          table.forEach((n, i) => {
+            if (n > 0) this.inc({ route: ROUTES[i]! }, n);
+          });
+        },
+      });
+    };
+    perRoute('wharf_http_request_bytes_total', 'Request body bytes received, by route name', bytesIn);
+    perRoute('wharf_http_response_bytes_total', 'Response body bytes sent (as declared by Content-Length; HEAD answers send none), by route name', bytesOut);
+    perRoute(
+      'wharf_unavailable_responses_total',
+      'Answers 503 UNAVAILABLE: storage failing (or, on a mirror, the upstream down with nothing cached), by route name',
+      unavailable,
+    );
+    new Counter({
+      name: 'wharf_auth_decisions_total',
+      help: 'Access decisions: allowed, unauthorized (401: no or bad credentials), denied (403), toomanyrequests (429: failed logins rate-limited)',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        this.reset();
+        auth.forEach((n, i) => this.inc({ outcome: AUTH_OUTCOMES[i]! }, n));
+      },
+    });
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The exposition text. */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** Counts one access decision (server/context.ts checkAccess). */
+  authDecision(decision: AccessDecision): void {
+    if (decision.allowed) this.auth[0]!++;
+    else if (decision.reason === 'UNAUTHORIZED') this.auth[1]!++;
+    else if (decision.reason === 'DENIED') this.auth[2]!++;
+    else this.auth[3]!++;
+  }
+
+  /** Koa middleware, first in the chain: counts every request on the registry address. */
+  middleware(): Middleware {
+    return async (ctx: Context, next: Next): Promise<void> => {
+      const started = process.hrtime.bigint();
+      const req = ctx.req as CountedRequest;
+      const declared = req.headers['content-length'];
+      if ((declared !== undefined && declared !== '0') || req.headers['transfer-encoding'] !== undefined) countBody(req);
+      try {
+        await next();
+      } catch (err) {
+        this.record(ctx, started, 500);
+        throw err;
+      }
+      const body: unknown = ctx.body;
+      if (body !== null && typeof body === 'object' && typeof (body as { pipe?: unknown }).pipe === 'function' && ctx.respond !== false) {
+        // Koa pipes this body after the middleware: count the request once it is over.
+        ctx.res.once('close', () => this.record(ctx, started, ctx.res.statusCode));
+      } else {
+        this.record(ctx, started, ctx.res.statusCode);
+      }
+    };
+  }
+
+  private record(ctx: Context, started: bigint, status: number): void {
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const route = routeIndex(ctx.path, this.prefix);
+    const slot = this.slots[route * METHODS.length + methodIndex(ctx.method)]!;
+    slot.statuses.set(status, (slot.statuses.get(status) ?? 0) + 1);
+    slot.count++;
+    slot.sum += seconds;
+    for (let b = 0; b < DURATION_BUCKETS.length; b++) {
+      if (seconds <= DURATION_BUCKETS[b]!) {
+        slot.buckets[b]!++;
+        break;
+      }
+    }
+    const req = ctx.req as CountedRequest;
+    const inBytes = req[BODY_BYTES];
+    if (inBytes !== undefined && inBytes > 0) this.bytesIn[route]! += inBytes;
+    if (status === 503) this.unavailable[route]!++;
+    if (ctx.method !== 'HEAD' && status !== 204 && status !== 304) {
+      const length = responseLength(ctx);
+      if (length > 0) this.bytesOut[route]! += length;
+    }
+  }
+
+  /** The mirror's counters, read from Mirror.stats() when Prometheus scrapes. */
+  watchMirror(mirror: Mirror): void {
+    const registers = [this.registry];
+    // One stats() call per scrape, shared by every mirror metric: the registry runs their
+    // collect callbacks in one synchronous pass, and the copy is dropped right after.
+    let cached: ReturnType<Mirror['stats']> | undefined;
+    const stats = (): ReturnType<Mirror['stats']> => {
+      if (cached === undefined) {
+        cached = mirror.stats();
+        setImmediate(() => (cached = undefined));
+      }
+      return cached;
+    };
+    const counter = (name: string, help: string, read: (s: ReturnType<Mirror['stats']>) => number): void => {
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read(stats()));
+        },
+      });
+    };
+    counter('wharf_mirror_hits_total', 'Mirror requests answered from the cache', (s) => s.hits);
+    counter('wharf_mirror_misses_total', 'Mirror requests that had to ask the upstream', (s) => s.misses);
+    counter('wharf_mirror_stale_served_total', 'Cached tags served past proxy.ttl because the upstream could not be asked', (s) => s.staleServed);
+    counter('wharf_mirror_upstream_bytes_total', 'Bytes received from upstreams', (s) => s.bytesFromUpstream);
+    counter('wharf_mirror_upstream_requests_total', 'Requests sent to upstreams', (s) => s.upstreamRequests);
+    counter('wharf_mirror_upstream_errors_total', 'Upstream requests that failed (network errors, 5xx)', (s) => s.upstreamErrors);
+    counter('wharf_mirror_downloads_failed_total', 'Blob downloads from upstreams that failed', (s) => s.downloadsFailed);
+    new Gauge({
+      name: 'wharf_mirror_downloads_running',
+      help: 'Blob downloads from upstreams under way',
+      registers,
+      collect() {
+        this.set(stats().downloadsRunning);
+      },
+    });
+    new Gauge({
+      name: 'wharf_mirror_cache_bytes',
+      help: 'Bytes of cached images (only with proxy.cachesize)',
+      registers,
+      collect() {
+        this.reset();
+        const bytes = stats().cacheBytes;
+        if (bytes !== undefined) this.set(bytes);
+      },
+    });
+    new Gauge({
+      name: 'wharf_mirror_upstream_up',
+      help: "Circuit breaker state per upstream URL: 1 up (closed), 0 down (open, calls fail fast)",
+      labelNames: ['upstream'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [upstream, state] of Object.entries(stats().breakers)) this.set({ upstream }, state === 'up' ? 1 : 0);
+      },
+    });
+  }
+
+  /** Readiness of storage as the health checker last saw it. */
+  watchStorage(healthy: () => boolean): void {
+    new Gauge({
+      name: 'wharf_storage_healthy',
+      help: 'Whether the storage check passes (1) or has failed threshold times in a row (0)',
+      registers: [this.registry],
+      collect() {
+        this.set(healthy() ? 1 : 0);
+      },
+    });
+  }
+}
+
+/**
+ * Counts the request's body bytes as Node's HTTP parser hands them over (bytes read, whether a
+ * handler consumed them or they were discarded), chunked bodies included. Installed while the
+ * first middleware runs, which is synchronous with the request's headers: no byte is missed.
+ */
+function countBody(req: CountedRequest): void {
+  req[BODY_BYTES] = req.readableLength;
+  const push = req.push;
+  req.push = function (this: CountedRequest, chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (chunk !== null && chunk !== undefined) this[BODY_BYTES]! += (chunk as { length: number }).length;
+    return push.call(this, chunk, encoding);
+  };
+}
+
+function responseLength(ctx: Context): number {
+  const declared = ctx.res.getHeader('content-length');
+  if (typeof declared === 'number') return declared;
+  if (typeof declared === 'string') return +declared || 0;
+  const body: unknown = ctx.body;
+  if (body === null || body === undefined) return 0;
+  if (typeof body === 'string') return Buffer.byteLength(body);
+  if (Buffer.isBuffer(body)) return body.length;
+  if (typeof (body as { pipe?: unknown }).pipe === 'function') return 0;
+  return Buffer.byteLength(JSON.stringify(body)); // JSON answers (errors, listings): small
+}
