@@ -11,6 +11,8 @@ import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { CONFIG_KEYS, ConfigError, NAMED_BY_STRING, isServiceLinkVariable, type KeyRule } from './config-keys.js';
 import { buildAuthConfig, type AuthConfig } from './config-auth.js';
+import { buildNotifications } from './config-notifications.js';
+import type { NotificationEndpoint } from './notifications.js';
 import { buildProxyConfig, type ProxyConfig } from './config-proxy.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
@@ -57,6 +59,8 @@ export interface Config {
   proxy?: ProxyConfig;
   /** Who may do what; undefined: an open registry. */
   auth?: AuthConfig;
+  /** Webhook endpoints for push, pull and delete events. */
+  notifications: NotificationEndpoint[];
   /** Keys that were set but change nothing that matters (reported as warnings at start-up). */
   ignoredKeys: IgnoredKey[];
 }
@@ -446,6 +450,7 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
     catalog: { maxentries },
     proxy: buildProxyConfig(values, duration),
     auth: buildAuthConfig(values, parseDuration, rootdirectory),
+    notifications: buildNotifications(values, parseDuration),
     ignoredKeys,
   };
 }

@@ -3,6 +3,7 @@ import type { Context } from 'koa';
 import type { Logger } from 'pino';
 import type { AccessController, Access, AccessDecision, AccessRequest } from '../auth/access.js';
 import type { TokenServer } from '../auth/token-server.js';
+import type { Notifier, RegistryEvent } from './notifications.js';
 import type { Registry, Repository } from '../storage/repository.js';
 import { RegistryError } from '../storage/errors.js';
 import type { Config } from './config.js';
@@ -25,6 +26,18 @@ export interface AppServices {
   tokenServer?: TokenServer;
   /** Prometheus metrics, when the debug server serves them. */
   metrics?: Metrics;
+  /** Webhook notifications, when endpoints are configured. */
+  notifier?: Notifier;
+}
+
+/** Queues a registry event for the webhook endpoints (never waits); the request fills in who and how. */
+export function emitEvent(ctx: Context, services: AppServices, event: Omit<RegistryEvent, 'request' | 'actor'>): void {
+  if (!services.notifier) return;
+  services.notifier.notify({
+    ...event,
+    request: { id: ctx.requestId, addr: ctx.ip, host: ctx.host, method: ctx.method, useragent: ctx.get('User-Agent') },
+    actor: (ctx.state as { subject?: string }).subject,
+  });
 }
 
 /** Asks the access controller; whether it allows, and who asked (kept on ctx.state for logs). */

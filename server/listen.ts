@@ -12,6 +12,7 @@ import { purgeUploads } from '../storage/upload-purge.js';
 import { parseListenAddress, type Config } from './config.js';
 import { createApp } from './app.js';
 import { setupAuth } from './auth-setup.js';
+import { Notifier } from './notifications.js';
 import { createMirror, type Mirror } from './mirror-setup.js';
 import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
@@ -78,7 +79,8 @@ export async function startRegistryServer(
   // Only the debug address reports the check: without it, nothing would read it.
   const storageHealth = checks.enabled && debug ? new StorageHealth(driver, { interval: checks.interval, threshold: checks.threshold }) : undefined;
   if (metrics && storageHealth) metrics.watchStorage(() => storageHealth.healthy);
-  const app = createApp({ config, registry: mirror?.registry ?? registry, access: auth.access, tokenServer: auth.tokenServer, logger, metrics });
+  const notifier = config.notifications.length > 0 ? new Notifier(config.notifications, logger, config.http.addr) : undefined;
+  const app = createApp({ config, registry: mirror?.registry ?? registry, access: auth.access, tokenServer: auth.tokenServer, logger, metrics, notifier });
 
   const callback = app.callback();
   let requests = 0;
@@ -198,6 +200,7 @@ export async function startRegistryServer(
           void (mirror?.close() ?? Promise.resolve())
             .catch(() => undefined)
             .then(() => debugServer?.close())
+            .then(() => notifier?.close()) // what is queued gets a last, bounded chance to go out
             .then(() => resolve());
         });
         server.closeIdleConnections();

@@ -2,7 +2,7 @@
 import type Router from '@koa/router';
 import { parseDigest } from '../../storage/digest.js';
 import { parseRange } from '../http-range.js';
-import { repositoryFor, routeParam, sendEmpty, type AppServices } from '../context.js';
+import { emitEvent, repositoryFor, routeParam, sendEmpty, type AppServices } from '../context.js';
 import { sendBody } from '../send-body.js';
 
 const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
@@ -42,12 +42,16 @@ export function blobRoutes(router: Router, services: AppServices): void {
       return;
     }
     if (range) ctx.set('Content-Range', `bytes ${range.start}-${range.end - 1}/${info.size}`);
+    // Distribution counts every blob GET as a pull, ranged ones too.
+    emitEvent(ctx, services, { action: 'pull', repository: repo.name, digest: digest.value, mediaType: 'application/octet-stream', size: info.size, url: ctx.path });
     await sendBody(ctx, blob.stream, range ? range.end - range.start : info.size);
   });
 
   router.delete(BLOB, async (ctx) => {
     const repo = await repositoryFor(ctx, services, ['delete']);
-    await repo.blobs.delete(parseDigest(routeParam(ctx, 1)));
+    const digest = parseDigest(routeParam(ctx, 1));
+    await repo.blobs.delete(digest);
     sendEmpty(ctx, 202);
+    emitEvent(ctx, services, { action: 'delete', repository: repo.name, digest: digest.value });
   });
 }

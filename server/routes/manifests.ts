@@ -5,7 +5,7 @@ import { RegistryError } from '../../storage/errors.js';
 import { MAX_MANIFEST_BYTES, MediaType } from '../../storage/manifest.js';
 import type { ManifestContent, Repository } from '../../storage/repository.js';
 import { requestBody } from '../request-body.js';
-import { repositoryFor, routeParam, sendEmpty, urlBase, type AppServices } from '../context.js';
+import { emitEvent, repositoryFor, routeParam, sendEmpty, urlBase, type AppServices } from '../context.js';
 
 const MANIFEST = /^\/v2\/(.+)\/manifests\/([^/]+)$/;
 
@@ -27,6 +27,18 @@ export function manifestRoutes(router: Router, services: AppServices): void {
     }
     if (withBody) ctx.body = manifest.content;
     else ctx.set('Content-Length', String(manifest.content.length));
+    if (withBody) {
+      const reference = routeParam(ctx, 1);
+      emitEvent(ctx, services, {
+        action: 'pull',
+        repository: repo.name,
+        digest: manifest.digest.value,
+        mediaType: manifest.mediaType,
+        size: manifest.content.length,
+        tag: reference.includes(':') ? undefined : reference,
+        url: `${base}/v2/${repo.name}/manifests/${manifest.digest.value}`,
+      });
+    }
   };
   router.head(MANIFEST, (ctx) => send(ctx, false));
   router.get(MANIFEST, (ctx) => send(ctx, true));
@@ -41,12 +53,24 @@ export function manifestRoutes(router: Router, services: AppServices): void {
     });
     if (result.subject) ctx.set('OCI-Subject', result.subject.value);
     sendEmpty(ctx, 201);
+    const reference = routeParam(ctx, 1);
+    emitEvent(ctx, services, {
+      action: 'push',
+      repository: repo.name,
+      digest: result.digest.value,
+      mediaType: (ctx.get('Content-Type') || '').split(';')[0]!.trim() || undefined,
+      size: content.length,
+      tag: reference.includes(':') ? undefined : reference,
+      url: `${base}/v2/${repo.name}/manifests/${result.digest.value}`,
+    });
   });
 
   router.delete(MANIFEST, async (ctx) => {
     const repo = await repositoryFor(ctx, services, ['delete']);
-    await repo.manifests.delete(routeParam(ctx, 1));
+    const reference = routeParam(ctx, 1);
+    await repo.manifests.delete(reference);
     sendEmpty(ctx, 202);
+    emitEvent(ctx, services, reference.includes(':') ? { action: 'delete', repository: repo.name, digest: reference } : { action: 'delete', repository: repo.name, tag: reference });
   });
 }
 

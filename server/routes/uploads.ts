@@ -5,11 +5,11 @@ import type Router from '@koa/router';
 import type { Context } from 'koa';
 import { parseDigest } from '../../storage/digest.js';
 import { RegistryError } from '../../storage/errors.js';
-import type { Repository, UploadStatus } from '../../storage/repository.js';
+import type { BlobInfo, Repository, UploadStatus } from '../../storage/repository.js';
 import { parseContentRange, uploadRange } from '../http-range.js';
 import { requestBody } from '../request-body.js';
 import type { Access } from '../../auth/access.js';
-import { checkAccess, repositoryFor, routeParam, sendEmpty, urlBase, type AppServices } from '../context.js';
+import { checkAccess, emitEvent, repositoryFor, routeParam, sendEmpty, urlBase, type AppServices } from '../context.js';
 
 const START = /^\/v2\/(.+)\/blobs\/uploads\/?$/;
 const SESSION = /^\/v2\/(.+)\/blobs\/uploads\/([^/]+)$/;
@@ -33,9 +33,12 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     });
     sendEmpty(ctx, code);
   };
-  const sendCreated = (ctx: Context, repo: Repository, digest: string): void => {
+  const sendCreated = (ctx: Context, repo: Repository, blob: BlobInfo, action: 'push' | 'mount'): void => {
+    const digest = blob.digest.value;
     ctx.set({ Location: `${base}/v2/${repo.name}/blobs/${digest}`, 'Docker-Content-Digest': digest });
     sendEmpty(ctx, 201);
+    const url = `${base}/v2/${repo.name}/blobs/${digest}`;
+    emitEvent(ctx, services, { action, repository: repo.name, digest, mediaType: 'application/octet-stream', size: blob.size, url });
   };
 
   router.post(START, async (ctx) => {
@@ -47,12 +50,12 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     const mountable = typeof mount === 'string' && (source !== undefined ? ctx.state.mountFrom === true : services.access.everyoneMayPull === true);
     if (mountable) {
       const mounted = await repo.blobs.mount(parseDigest(mount as string), source);
-      if (mounted) return sendCreated(ctx, repo, mounted.digest.value);
+      if (mounted) return sendCreated(ctx, repo, mounted, 'mount');
     } else if (typeof mount === 'string' && source === undefined) {
       // Behind auth, a mount without `from` only confirms a blob this repository (which the
       // caller may pull) already holds.
       const held = await repo.blobs.stat(parseDigest(mount)).catch(() => undefined);
-      if (held) return sendCreated(ctx, repo, held.digest.value);
+      if (held) return sendCreated(ctx, repo, held, 'mount');
     }
     // Not mountable: the spec says to fall back to a normal upload session.
     if (typeof digest === 'string') {
@@ -68,7 +71,7 @@ export function uploadRoutes(router: Router, services: AppServices): void {
         await repo.uploads.cancel(session.id).catch(() => undefined);
         throw err;
       }
-      return sendCreated(ctx, repo, blob.digest.value);
+      return sendCreated(ctx, repo, blob, 'push');
     }
     sendStatus(ctx, repo, await repo.uploads.start(), 202);
   });
@@ -115,7 +118,7 @@ export function uploadRoutes(router: Router, services: AppServices): void {
     const hasBody = ctx.get('Transfer-Encoding') !== '' || (bodyLength(ctx) ?? 0) > 0;
     const chunk = hasBody ? await chunkOf(ctx, repo, id) : undefined;
     const blob = await repo.uploads.complete(id, wanted, hasBody ? requestBody(ctx) : undefined, chunk);
-    sendCreated(ctx, repo, blob.digest.value);
+    sendCreated(ctx, repo, blob, 'push');
   });
 
   router.delete(SESSION, async (ctx) => {

@@ -86,12 +86,6 @@ const REFUSED: { key: string; yaml: string; env: Record<string, string>[]; says:
     says: new RegExp(`the ${driver} storage driver is not supported .*filesystem only`),
   })),
   { key: 'storage.s3', yaml: 'storage: s3\n', env: [{ REGISTRY_STORAGE: '{s3: {bucket: b}}' }], says: /s3 storage driver/ },
-  {
-    key: 'notifications',
-    yaml: 'notifications:\n  endpoints:\n    - name: alistener\n      url: https://listener.example.com/event\n',
-    env: [{ REGISTRY_NOTIFICATIONS_ENDPOINTS: '[{name: a, url: "https://l.example.com/e"}]' }],
-    says: /notification/,
-  },
   { key: 'redis', yaml: 'redis:\n  addr: localhost:6379\n', env: [{ REGISTRY_REDIS_ADDR: 'localhost:6379' }], says: /redis/ },
   {
     key: 'middleware',
