@@ -392,7 +392,9 @@ describe('link proxy: faults', () => {
   it('dropConnections() resets live connections', async () => {
     const proxy = await proxyTo(source.port, { settings: { bandwidth: 200_000 } });
     const pending = fetchBytes(proxy, 1 * MB);
-    await sleep(100);
+    // The connection must be live first: on a busy machine it may take longer than a tick.
+    for (let i = 0; i < 100 && proxy.activeConnections === 0; i++) await sleep(20);
+    await sleep(50);
     proxy.dropConnections();
     const got = await pending;
     expect(got.data.length).toBeLessThan(1 * MB);
