@@ -27,6 +27,7 @@
 //         - { group: admins, repositories: ["**"], actions: ["*"], catalog: true }
 //         - { account: bob, repositories: ["team/**"], actions: [pull, push] }
 //         - { anonymous: true, repositories: ["public/**"], actions: [pull] }
+import type { AccessRule } from '../auth/token-policy.js';
 import { ConfigError } from './config-keys.js';
 
 export interface HtpasswdAuthConfig {
@@ -46,14 +47,8 @@ export interface TokenServerConfig {
   rules: AuthRuleConfig[];
 }
 
-export interface AuthRuleConfig {
-  account?: string;
-  group?: string;
-  anonymous?: boolean;
-  repositories: string[];
-  actions: string[];
-  catalog?: boolean;
-}
+/** A token server rule, as auth/token-policy.ts applies it. */
+export type AuthRuleConfig = AccessRule;
 
 export interface TokenAuthConfig {
   method: 'token';

@@ -2,6 +2,7 @@
 // `htpasswd -B` writes it), wharf started as a process with either Distribution's htpasswd
 // method or the built-in token server (its realm on wharf's own port, fixed before start),
 // and wharf's access log with the user each request was allowed as.
+import type { AccessRule } from '../../auth/token-policy.js';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -27,14 +28,8 @@ export async function writeHtpasswd(file: string, users: User[]): Promise<void> 
   await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
 }
 
-export interface TokenRule {
-  account?: string;
-  group?: string;
-  anonymous?: boolean;
-  repositories: string[];
-  actions: string[];
-  catalog?: boolean;
-}
+/** A token server rule (auth/token-policy.ts's AccessRule). */
+export type TokenRule = AccessRule;
 
 export type AuthMode =
   | { method: 'token'; groups?: Record<string, string[]>; rules: TokenRule[] }
