@@ -35,6 +35,7 @@ import type {
 import type { BlobDownloads, BlobResponse } from './blob-downloads.js';
 import type { BandwidthLimit } from './bandwidth.js';
 import type { CacheLimit } from './cache-limit.js';
+import { isUpstreamDenied, isUpstreamUnavailable } from './upstream-errors.js';
 
 /** A manifest as the upstream answered it. */
 export interface UpstreamManifest {
@@ -57,10 +58,7 @@ export interface Upstream {
   tags(repo: string): Promise<string[] | undefined>;
 }
 
-/** Thrown by an Upstream when it cannot answer now (refused, timed out, 5xx, 429, breaker open). */
-export const isUpstreamUnavailable = (err: unknown): boolean => (err as { code?: unknown })?.code === 'UPSTREAM_UNAVAILABLE';
-/** Thrown by an Upstream that refused the mirror's credentials (or, like Docker Hub, a repository that does not exist). */
-const isUpstreamDenied = (err: unknown): boolean => (err as { code?: unknown })?.code === 'UPSTREAM_DENIED';
+
 
 /** Every manifest type the mirror stores: it asks for all of them and never converts. */
 export const ACCEPT_ALL_MANIFESTS = [

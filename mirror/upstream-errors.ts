@@ -37,7 +37,13 @@ export class UpstreamInvalidResponseError extends UpstreamError {
   readonly code = 'UPSTREAM_INVALID';
 }
 
-export const isUpstreamUnavailable = (err: unknown): err is UpstreamUnavailableError => err instanceof UpstreamUnavailableError;
+/**
+ * By code, not class: the mirror talks to any implementation of its Upstream interface, and an
+ * upstream's errors need only carry the code.
+ */
+export const isUpstreamUnavailable = (err: unknown): boolean => (err as { code?: unknown } | null)?.code === 'UPSTREAM_UNAVAILABLE';
+/** Refused the mirror's credentials (or, like Docker Hub, a repository that does not exist). */
+export const isUpstreamDenied = (err: unknown): boolean => (err as { code?: unknown } | null)?.code === 'UPSTREAM_DENIED';
 
 /** `scheme://host:port/path` of a URL: what messages and logs may show of it. */
 export function redactUrl(url: string | URL): string {

@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { expect, type RunnerTask, type RunnerTestSuite } from 'vitest';
+import { afterAll, expect, type RunnerTask, type RunnerTestSuite } from 'vitest';
 import { freePort } from '../support/processes.js';
 import { startServer, type TestServer, type TestServerOptions } from '../support/server.js';
 
@@ -544,4 +544,25 @@ export function expectAuthenticatedRun(file: Readonly<RunnerTestSuite>, mode: Ex
   expect(stats.challenges, `${mode}: 401 challenges answered`).toBeGreaterThan(0);
   if (mode === 'token') expect(stats.tokenFetches, 'token: tokens fetched').toBeGreaterThan(0);
   else expect(stats.tokenFetches, 'htpasswd: tokens fetched').toBe(0);
+}
+
+/**
+ * Registers the four conformance workflows again, against a wharf protected by `mode`: for the
+ * wrapper test files. The workflow files read WHARF_CONFORMANCE_AUTH when their servers start
+ * (beforeAll), and vitest collects the tests they register while the wrapper imports them.
+ */
+export async function runWorkflowsWithAuth(mode: Exclude<ConformanceAuthMode, 'open'>): Promise<void> {
+  const previous = process.env.WHARF_CONFORMANCE_AUTH;
+  process.env.WHARF_CONFORMANCE_AUTH = mode;
+  // Registered first, so it runs last: after the workflows' own afterAll hooks closed their servers.
+  // (vitest wants the first, context argument destructured; the file suite is the second.)
+  afterAll(({}, file) => {
+    if (previous === undefined) delete process.env.WHARF_CONFORMANCE_AUTH;
+    else process.env.WHARF_CONFORMANCE_AUTH = previous;
+    expectAuthenticatedRun(file, mode);
+  });
+  await import('./conformance-pull.test.js');
+  await import('./conformance-push.test.js');
+  await import('./conformance-discovery.test.js');
+  await import('./conformance-management.test.js');
 }

@@ -1,32 +1,7 @@
 // Configuration of the debug address (http.debug) and health checks (health.storagedriver).
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig, type Config } from '../../server/config.js';
-
-const dirs: string[] = [];
-afterAll(async () => {
-  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
-});
-
-async function loadYaml(yaml: string, env: Record<string, string> = {}): Promise<Config> {
-  const dir = await mkdtemp(join(tmpdir(), 'wharf-config-debug-'));
-  dirs.push(dir);
-  const file = join(dir, 'config.yml');
-  await writeFile(file, yaml);
-  return loadConfig({ file, env });
-}
-
-function refusal(load: () => unknown): string {
-  try {
-    load();
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    return (err as Error).message;
-  }
-  throw new Error('expected a configuration error');
-}
+import { describe, expect, it } from 'vitest';
+import { loadConfig } from '../../server/config.js';
+import { loadYaml, refusal } from '../support/config-files.js';
 
 describe('http.debug', () => {
   it('is off by default: no debug server', () => {
