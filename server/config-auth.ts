@@ -147,6 +147,15 @@ function groups(key: string, value: unknown): Record<string, string[]> {
   return Object.fromEntries(Object.entries(g).map(([name, members]) => [name, list(`${key}.${name}`, members)]));
 }
 
+function defaultKeydir(rootdirectory: string | undefined): string {
+  // On S3 there is no local root to keep it in, and each replica would make its own key:
+  // every replica must be given the same one (a mounted Secret).
+  if (rootdirectory === undefined) {
+    throw new ConfigError('auth.tokenserver.keydir: required with S3 storage (every replica must sign with the same key; mount it from a secret)');
+  }
+  return `${rootdirectory.replace(/\/+$/, '')}/wharf/token`;
+}
+
 /**
  * The auth section from the served values (`auth.htpasswd`, `auth.token`,
  * `auth.tokenserver`, each a map), or undefined for an open registry.
@@ -154,7 +163,8 @@ function groups(key: string, value: unknown): Record<string, string[]> {
 export function buildAuthConfig(
   values: Map<string, unknown>,
   parseDuration: (value: unknown) => number | undefined,
-  rootdirectory: string,
+  /** The filesystem root, under which the signing key is kept by default; undefined on S3. */
+  rootdirectory: string | undefined,
 ): AuthConfig | undefined {
   const has = (key: string): boolean => values.has(key);
   if (has('auth.htpasswd') && (has('auth.token') || has('auth.tokenserver'))) {
@@ -184,7 +194,7 @@ export function buildAuthConfig(
     };
     server = {
       htpasswd: required('auth.tokenserver.htpasswd', s.htpasswd),
-      keydir: optional('auth.tokenserver.keydir', s.keydir) ?? `${rootdirectory.replace(/\/+$/, '')}/wharf/token`,
+      keydir: optional('auth.tokenserver.keydir', s.keydir) ?? defaultKeydir(rootdirectory),
       expiration: asDuration('expiration', 5 * 60_000),
       refreshexpiration: asDuration('refreshexpiration', 90 * 24 * 3600_000),
       groups: groups('auth.tokenserver.groups', s.groups),

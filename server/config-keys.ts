@@ -62,7 +62,9 @@ export const CONFIG_KEYS: Record<string, KeyRule> = {
   'http.debug.prometheus.path': { serve: 'string' },
   'http.http2': { ignore: 'wharf serves HTTP/1.1' },
 
-  'storage.*': { refuse: (driver) => `the ${driver} storage driver`, hint: 'wharf stores on the local filesystem only' },
+  'storage.*': { refuse: (driver) => `the ${driver} storage driver`, hint: 'wharf stores on the filesystem or on S3' },
+  // The S3 driver's settings, checked one by one in server/config-storage.ts.
+  'storage.s3': { serve: 'map' },
   'storage.filesystem.rootdirectory': { serve: 'string' },
   'storage.filesystem.fsync': { serve: 'bool' },
   'storage.filesystem.maxthreads': { ignore: 'Node.js bounds concurrent filesystem calls itself' },
@@ -81,7 +83,7 @@ export const CONFIG_KEYS: Record<string, KeyRule> = {
     },
   },
   'storage.cache.blobdescriptorsize': { ignore: 'wharf sizes its own in-memory caches' },
-  'storage.redirect.disable': { ignore: 'the filesystem driver never redirects' },
+  'storage.redirect.disable': { serve: 'bool' },
   'storage.tag.concurrencylimit': { ignore: 'wharf reads tags without a separate concurrency limit' },
 
   // Authentication (server/config-auth.ts checks each method's settings): Distribution's

@@ -7,13 +7,13 @@
 // driver) would serve something else than the operator configured. Keys that only tune
 // something harmless are accepted and reported as ignored. server/config-keys.ts has the table.
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { CONFIG_KEYS, ConfigError, NAMED_BY_STRING, isServiceLinkVariable, type KeyRule } from './config-keys.js';
 import { buildAuthConfig, type AuthConfig } from './config-auth.js';
 import { buildNotifications } from './config-notifications.js';
 import type { NotificationEndpoint } from './notifications.js';
 import { buildProxyConfig, type ProxyConfig } from './config-proxy.js';
+import { buildStorageDriverConfig, type StorageDriverConfig } from './config-storage.js';
 
 export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
 
@@ -41,10 +41,9 @@ export interface Config {
   };
   /** Distribution's storage driver health check, reported by /debug/health and /readyz. */
   health: { storagedriver: { enabled: boolean; interval: number; threshold: number } };
-  storage: {
-    driver: 'filesystem';
-    /** fsync is a wharf extension: flush data before renames make it visible (default true). */
-    filesystem: { rootdirectory: string; fsync: boolean };
+  storage: StorageDriverConfig & {
+    /** Whether blob GETs answer with the driver's URL for the bytes (S3: a presigned URL). */
+    redirect: { disable: boolean };
     delete: { enabled: boolean };
     maintenance: {
       uploadpurging: { enabled: boolean; age: number; interval: number; dryrun: boolean };
@@ -416,7 +415,7 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
   // As in Distribution, an interval of 0 means the default.
   const interval = duration('health.storagedriver.interval', DEFAULT_HEALTH_INTERVAL_MS) || DEFAULT_HEALTH_INTERVAL_MS;
 
-  const rootdirectory = resolve(str('storage.filesystem.rootdirectory', './data'));
+  const driver = buildStorageDriverConfig(values, { str, bool }, ignoredKeys);
   return {
     version,
     log: { level: level as LogLevel, accesslog: { disabled: bool('log.accesslog.disabled', false) }, fields },
@@ -433,8 +432,8 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
     },
     health: { storagedriver: { enabled: bool('health.storagedriver.enabled', false), interval, threshold } },
     storage: {
-      driver: 'filesystem',
-      filesystem: { rootdirectory, fsync: bool('storage.filesystem.fsync', true) },
+      ...driver,
+      redirect: { disable: bool('storage.redirect.disable', false) },
       delete: { enabled: bool('storage.delete.enabled', false) },
       maintenance: {
         uploadpurging: {
@@ -449,7 +448,7 @@ function build(values: Map<string, unknown>, ignoredKeys: IgnoredKey[]): Config 
     },
     catalog: { maxentries },
     proxy: buildProxyConfig(values, duration),
-    auth: buildAuthConfig(values, parseDuration, rootdirectory),
+    auth: buildAuthConfig(values, parseDuration, driver.driver === 'filesystem' ? driver.filesystem.rootdirectory : undefined),
     notifications: buildNotifications(values, parseDuration),
     ignoredKeys,
   };

@@ -88,7 +88,8 @@ function detailText(detail: unknown): string | undefined {
 function toRegistryError(err: unknown, ctx: Context): RegistryError | undefined {
   if (isRegistryError(err)) return err;
   if (err instanceof StorageUnavailableError) {
-    ctx.log.error({ err }, 'storage unavailable');
+    // The driver logs when storage goes down and comes back; each request's own line says 503.
+    ctx.log.debug({ err }, 'storage unavailable');
     return new RegistryError('UNAVAILABLE', 'storage is unavailable, try again later');
   }
   const { status, expose } = err as { status?: number; expose?: boolean };

@@ -2,11 +2,9 @@
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { FilesystemDriver } from '../storage/filesystem-driver.js';
 import { LocalRegistry } from '../storage/local-registry.js';
 import { purgeUploads } from '../storage/upload-purge.js';
 import { parseListenAddress, type Config } from './config.js';
@@ -18,6 +16,7 @@ import { createLogger } from './logger.js';
 import { Metrics } from './metrics.js';
 import { StorageHealth } from './health.js';
 import { startDebugServer, type DebugServer } from './debug-server.js';
+import { createStorageDriver, describeStorage } from './storage-setup.js';
 
 export interface RunningServer {
   /** The TCP port listened on; 0 on a unix socket (http.net: unix). */
@@ -63,9 +62,7 @@ export async function startRegistryServer(
   logger: Logger = createLogger(config.log.level, config.log.fields),
 ): Promise<RunningServer> {
   for (const { key, reason } of config.ignoredKeys) logger.warn({ key, reason }, 'configuration key ignored');
-  const root = config.storage.filesystem.rootdirectory;
-  await mkdir(root, { recursive: true });
-  const driver = new FilesystemDriver({ rootDirectory: root, fsync: config.storage.filesystem.fsync });
+  const driver = await createStorageDriver(config.storage, { logger });
   const registry = new LocalRegistry(driver, {
     deleteEnabled: config.storage.delete.enabled,
     linkCacheTtlMs: config.storage.cache.linkttl,
@@ -134,7 +131,7 @@ export async function startRegistryServer(
   });
   const address = server.address();
   const actualPort = typeof address === 'object' && address !== null ? (address as AddressInfo).port : 0;
-  logger.info({ addr: config.http.addr, net: config.http.net, port: actualPort, root, tls: Boolean(tls) }, 'wharf listening');
+  logger.info({ addr: config.http.addr, net: config.http.net, port: actualPort, storage: describeStorage(config.storage), tls: Boolean(tls) }, 'wharf listening');
 
   let draining = false;
   let debugServer: DebugServer | undefined;

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig } from './config.js';
 import { startRegistryServer } from './listen.js';
 import { warmCommand } from './warm-command.js';
-import { FilesystemDriver } from '../storage/filesystem-driver.js';
+import { createStorageDriver, describeStorage } from './storage-setup.js';
 import { formatBytes, garbageCollect } from '../storage/garbage-collect.js';
 
 const USAGE = `wharf - a private container registry (OCI Distribution v2)
@@ -133,14 +133,14 @@ async function garbageCollectCommand(args: string[]): Promise<number> {
     for (const line of err.message.split('\n')) process.stderr.write(`wharf: configuration error: ${line}\n`);
     return 1;
   }
-  const root = config.storage.filesystem.rootdirectory;
+  const root = config.storage.filesystem?.rootdirectory;
   const purging = config.storage.maintenance.uploadpurging;
   const out = (line: string): void => {
     process.stdout.write(`${line}\n`);
   };
-  out(`garbage-collect${dryRun ? ' (dry run)' : ''}${deleteUntagged ? ' --delete-untagged' : ''}: ${root}`);
+  out(`garbage-collect${dryRun ? ' (dry run)' : ''}${deleteUntagged ? ' --delete-untagged' : ''}: ${describeStorage(config.storage)}`);
   try {
-    const driver = new FilesystemDriver({ rootDirectory: root, fsync: config.storage.filesystem.fsync });
+    const driver = await createStorageDriver(config.storage);
     const now = new Date();
     const r = await garbageCollect(driver, {
       dryRun,

@@ -5,12 +5,12 @@
 // live bar on a terminal (cli-progress) and plain lines otherwise (logs, CI, pipes).
 import { arch } from 'node:os';
 import { SingleBar } from 'cli-progress';
-import { FilesystemDriver } from '../storage/filesystem-driver.js';
 import { LocalRegistry } from '../storage/local-registry.js';
 import { warmImage, type WarmProgress } from '../mirror/warm.js';
 import { loadConfig } from './config.js';
 import { createLogger } from './logger.js';
 import { createMirror } from './mirror-setup.js';
+import { createStorageDriver } from './storage-setup.js';
 
 export const WARM_USAGE = `Usage: wharf mirror warm [--config FILE] [--platform OS/ARCH]... [--all-platforms] IMAGE...
 
@@ -127,7 +127,7 @@ export async function warmCommand(args: string[], env: NodeJS.ProcessEnv): Promi
   }
   // Logs go to stderr so that they never mix with the progress display.
   const logger = createLogger(config.log.level === 'info' ? 'warn' : config.log.level, config.log.fields, process.stderr);
-  const driver = new FilesystemDriver({ rootDirectory: config.storage.filesystem.rootdirectory, fsync: config.storage.filesystem.fsync });
+  const driver = await createStorageDriver(config.storage, { logger });
   const local = new LocalRegistry(driver, { linkCacheTtlMs: config.storage.cache.linkttl });
   const mirror = createMirror(local, config.proxy, logger);
   const progress = process.stdout.isTTY ? barProgress() : lineProgress((line) => process.stdout.write(`${line}\n`));

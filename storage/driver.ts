@@ -3,7 +3,12 @@
 // method's contract is written here; drivers must not add meaning of their own.
 //
 // Paths are absolute, '/'-separated, made of segments of [A-Za-z0-9._:-] (never '.' or
-// '..'), relative to the driver's root. checkPath() enforces that for every driver.
+// '..'), relative to the driver's root. checkPath() enforces that for every driver
+// (ObservedDriver checks every call before a driver sees it).
+//
+// Directories are implicit: a directory exists while some file lies below it, and is
+// created and removed with its files (S3 has no directories at all). Callers never create
+// one, and must not rely on an empty directory surviving.
 import type { Readable, Writable } from 'node:stream';
 
 export interface FileInfo {
@@ -112,6 +117,20 @@ export interface StorageDriver {
 
   /** Deletes a file or a directory with everything below it. Throws PathNotFoundError. */
   delete(path: string): Promise<void>;
+
+  /**
+   * A URL from which a client can GET the file's bytes directly (S3: a presigned URL), valid
+   * for `expiresInSeconds`. Drivers that cannot hand out URLs leave this undefined, and the
+   * registry serves the bytes itself.
+   */
+  redirectUrl?(path: string, options: { expiresInSeconds: number }): Promise<string>;
+
+  /**
+   * Ends writes below `path` that a crashed process left unfinished (S3: multipart uploads
+   * begun before `startedBefore`, whose parts cost storage but never became a file).
+   * Returns how many were ended. Drivers whose writes leave nothing behind omit it.
+   */
+  abortUnfinishedWrites?(path: string, startedBefore: Date): Promise<number>;
 }
 
 const SEGMENT = /^[A-Za-z0-9._:-]+$/;

@@ -10,7 +10,7 @@ import { BlobStore } from './blob-store.js';
 import { baseName, LinkStore, listOrEmpty } from './link-store.js';
 import { ManifestStore } from './manifest-store.js';
 import { UploadStore } from './upload-store.js';
-import { layerDir, layerLink, referrersDir, repoDir, REPOSITORIES, revisionLink } from './paths.js';
+import { blobData, layerDir, layerLink, referrersDir, repoDir, REPOSITORIES, revisionLink } from './paths.js';
 import type {
   BlobInfo,
   BlobReadResult,
@@ -137,6 +137,7 @@ export class LocalRepository implements Repository {
         await links.write(layerLink(name, digest), digest);
         return { digest, size };
       },
+      redirectUrl: async (digest, expiresInSeconds) => driver.redirectUrl?.(blobData(digest), { expiresInSeconds }),
     };
 
     this.uploads = {

@@ -34,6 +34,12 @@ export interface BlobService {
    * when the blob cannot be mounted, so the caller starts a normal upload.
    */
   mount(digest: Digest, from?: string): Promise<BlobInfo | undefined>;
+  /**
+   * A URL from which the client can fetch a blob linked into this repository directly
+   * (S3: presigned, valid `expiresInSeconds`), or undefined where storage hands out none.
+   * Callers stat() the blob first.
+   */
+  redirectUrl?(digest: Digest, expiresInSeconds: number): Promise<string | undefined>;
 }
 
 export interface UploadStatus {

@@ -36,6 +36,7 @@ import {
   DeleteObjectsCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -45,6 +46,7 @@ import {
   type ServerSideEncryption,
   type StorageClass,
 } from '@aws-sdk/client-s3';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import {
   checkPath,
   PathNotFoundError,
@@ -68,6 +70,8 @@ export interface S3DriverOptions {
   /** Static credentials; without them the SDK's default chain (env, profile, instance role). */
   accesskey?: string;
   secretkey?: string;
+  /** With temporary credentials: their session token. */
+  sessiontoken?: string;
   region: string;
   /** An S3-compatible server's URL; a bare host gets http or https from `secure`. */
   regionendpoint?: string;
@@ -156,7 +160,7 @@ export class S3Driver implements StorageDriver {
       ...(endpoint ? { endpoint } : {}),
       forcePathStyle: options.forcepathstyle ?? false,
       ...(options.accesskey !== undefined
-        ? { credentials: { accessKeyId: options.accesskey, secretAccessKey: options.secretkey! } }
+        ? { credentials: { accessKeyId: options.accesskey, secretAccessKey: options.secretkey!, ...(options.sessiontoken ? { sessionToken: options.sessiontoken } : {}) } }
         : {}),
       // S3-compatible servers do not all know the flexible checksums (x-amz-checksum-*):
       // send and check them only where an operation requires one.
@@ -349,6 +353,35 @@ export class S3Driver implements StorageDriver {
       await this.abortUpload(to, uploadId);
       throw err;
     }
+  }
+
+  /** A presigned GET URL of the object (its existence is the caller's to check). */
+  async redirectUrl(path: string, options: { expiresInSeconds: number }): Promise<string> {
+    const key = this.key(path);
+    return this.call(path, () => getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.bucket, Key: key }), { expiresIn: options.expiresInSeconds }));
+  }
+
+  /**
+   * Aborts multipart uploads below `path` begun before `startedBefore`: what a writer killed
+   * mid-write leaves (its parts are billed but never become an object).
+   */
+  async abortUnfinishedWrites(path: string, startedBefore: Date): Promise<number> {
+    const prefix = this.dirPrefix(path);
+    let aborted = 0;
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    do {
+      const page = await this.call(path, () => this.client.send(new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker, MaxUploads: BATCH })));
+      for (const upload of page.Uploads ?? []) {
+        if (upload.Key === undefined || upload.UploadId === undefined) continue;
+        if (upload.Initiated && upload.Initiated >= startedBefore) continue;
+        await this.call(path, () => this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: upload.Key, UploadId: upload.UploadId })));
+        aborted++;
+      }
+      keyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
+      uploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
+    } while (keyMarker !== undefined);
+    return aborted;
   }
 
   /** Best effort: an unfinished upload left behind costs storage until a lifecycle rule ends it. */

@@ -6,11 +6,13 @@
 // repository that holds nothing but `_uploads`, which no listing of repositories shows.
 import { isPathNotFound, type StorageDriver } from './driver.js';
 import { baseName, listOrEmpty } from './link-store.js';
-import { REPOSITORIES } from './paths.js';
+import { REPOSITORIES, ROOT } from './paths.js';
 
 export interface PurgeResult {
   scanned: number;
   purged: number;
+  /** Unfinished driver writes (S3 multipart uploads) a killed process left, ended. */
+  abortedWrites: number;
 }
 
 /** Purges the sessions of every repository on `store`'s driver (a LocalRegistry, for one). */
@@ -19,7 +21,7 @@ export async function purgeUploads(
   options: { olderThan: Date; dryRun?: boolean },
 ): Promise<PurgeResult> {
   const { driver } = store;
-  const result: PurgeResult = { scanned: 0, purged: 0 };
+  const result: PurgeResult = { scanned: 0, purged: 0, abortedWrites: 0 };
   const purgeSession = async (dir: string): Promise<void> => {
     result.scanned++;
     let started: Date;
@@ -52,5 +54,8 @@ export async function purgeUploads(
     }
   };
   await walk(REPOSITORIES);
+  // A process killed mid-write (a PATCH, a blob's multipart copy) leaves parts no session
+  // names: they are ended by age, everywhere under the registry's root.
+  if (driver.abortUnfinishedWrites && !options.dryRun) result.abortedWrites = await driver.abortUnfinishedWrites(ROOT, options.olderThan);
   return result;
 }

@@ -6,6 +6,8 @@ import { emitEvent, repositoryFor, routeParam, sendEmpty, type AppServices } fro
 import { sendBody } from '../send-body.js';
 
 const BLOB = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
+/** How long a redirect URL stays valid: Distribution's 20 minutes, long enough for a slow layer. */
+const REDIRECT_EXPIRY_SECONDS = 20 * 60;
 
 export function blobRoutes(router: Router, services: AppServices): void {
   router.head(BLOB, async (ctx) => {
@@ -26,6 +28,15 @@ export function blobRoutes(router: Router, services: AppServices): void {
     const repo = await repositoryFor(ctx, services, ['pull']);
     const digest = parseDigest(routeParam(ctx, 1));
     const info = await repo.blobs.stat(digest);
+    // Distribution's storage.redirect: the client fetches the bytes from storage itself.
+    const url = services.config.storage.redirect.disable ? undefined : await repo.blobs.redirectUrl?.(digest, REDIRECT_EXPIRY_SECONDS);
+    if (url !== undefined) {
+      emitEvent(ctx, services, { action: 'pull', repository: repo.name, digest: digest.value, mediaType: 'application/octet-stream', size: info.size, url: ctx.path });
+      ctx.set('Docker-Content-Digest', digest.value);
+      ctx.status = 307;
+      ctx.set('Location', url);
+      return;
+    }
     const range = parseRange(ctx.get('Range') || undefined, info.size);
     const blob = await repo.blobs.open(digest, range);
     ctx.status = range ? 206 : 200;

@@ -8,8 +8,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { afterAll, expect, type RunnerTask, type RunnerTestSuite } from 'vitest';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, expect, type RunnerTask, type RunnerTestSuite } from 'vitest';
 import { freePort } from '../support/processes.js';
+import { s3Env, startRgw, type RgwServer } from '../support/s3.js';
 import { startServer, type TestServer, type TestServerOptions } from '../support/server.js';
 
 export const MT = {
@@ -171,6 +173,8 @@ export function makeFixtures(): Fixtures {
 export interface Res {
   status: number;
   headers: Headers;
+  /** The answer came from where a redirect led (S3 storage: a presigned URL), not from wharf. */
+  redirected: boolean;
   body: Buffer;
   text(): string;
   json<T = any>(): T;
@@ -333,6 +337,7 @@ export class Http {
     return {
       status: res.status,
       headers: res.headers,
+      redirected: res.redirected,
       body,
       text: () => body.toString('utf8'),
       json: () => JSON.parse(body.toString('utf8')),
@@ -451,6 +456,7 @@ const TOKEN_SERVICE = 'wharf-conformance';
  */
 export async function startConformanceServer(options: TestServerOptions = {}): Promise<{ server: TestServer; http: Http; mode: ConformanceAuthMode }> {
   const mode = conformanceAuthMode();
+  if (conformanceStorage.env) options = { ...options, storageEnv: conformanceStorage.env };
   if (mode === 'open') {
     const server = await startServer(options);
     return { server, http: new Http(server.url, undefined, conformanceAuthStats), mode };
@@ -512,6 +518,12 @@ export async function startConformanceServer(options: TestServerOptions = {}): P
   }
 }
 
+/** Set by runWorkflowsOnS3: the storage every conformance server of this file uses. */
+const conformanceStorage: { env?: Record<string, string> } = {};
+
+/** Whether this file's servers store on S3, where directories are implicit. */
+export const conformanceOnS3 = (): boolean => conformanceStorage.env !== undefined;
+
 const WORKFLOWS = ['pull', 'push', 'discovery', 'management'] as const;
 
 /**
@@ -560,6 +572,45 @@ export async function runWorkflowsWithAuth(mode: Exclude<ConformanceAuthMode, 'o
     if (previous === undefined) delete process.env.WHARF_CONFORMANCE_AUTH;
     else process.env.WHARF_CONFORMANCE_AUTH = previous;
     expectAuthenticatedRun(file, mode);
+  });
+  await import('./conformance-pull.test.js');
+  await import('./conformance-push.test.js');
+  await import('./conformance-discovery.test.js');
+  await import('./conformance-management.test.js');
+}
+
+/**
+ * Registers the four conformance workflows against wharf on S3 (a real Ceph RGW started for
+ * the file, every server on the same bucket under its own root directory), open, with blob
+ * GETs redirected to presigned URLs as Distribution does by default on S3: the suite's
+ * client follows them to the RGW.
+ */
+export async function runWorkflowsOnS3(): Promise<void> {
+  let rgw: RgwServer | undefined;
+  const counts = { servers: 0 };
+  beforeAll(async () => {
+    rgw = await startRgw();
+    conformanceStorage.env = s3Env(rgw, { rootdirectory: `/conformance-${randomUUID().slice(0, 8)}` });
+  }, 180_000);
+  afterAll(async ({}, file) => {
+    delete conformanceStorage.env;
+    const objects = await rgw?.client().send(new ListObjectsV2Command({ Bucket: rgw.bucket, MaxKeys: 5 }));
+    await rgw?.stop();
+    const notRun: string[] = [];
+    const walk = (tasks: readonly RunnerTask[]): void => {
+      for (const task of tasks) {
+        if (task.type === 'suite') walk(task.tasks);
+        else {
+          counts.servers++;
+          if (task.mode !== 'run' || task.result?.state === 'skip') notRun.push(task.name);
+        }
+      }
+    };
+    walk(file.tasks);
+    expect(notRun, 's3: tests not run').toEqual([]);
+    expect(counts.servers, 's3: conformance tests').toBeGreaterThan(80);
+    // The registries really stored in the bucket.
+    expect(objects?.KeyCount ?? 0, 's3: objects in the bucket').toBeGreaterThan(0);
   });
   await import('./conformance-pull.test.js');
   await import('./conformance-push.test.js');

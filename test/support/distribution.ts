@@ -29,6 +29,10 @@ export interface DistributionConfigOptions {
   schema1?: boolean;
   /** storage.maintenance.uploadpurging; default disabled. Durations in Go syntax ("1s", "168h"). */
   uploadPurging?: { enabled: boolean; age?: string; interval?: string; dryrun?: boolean };
+  /** Store in this S3 bucket (`storage.s3` settings) instead of the filesystem root. */
+  s3?: Record<string, string | boolean>;
+  /** storage.redirect.disable (S3 only; Distribution redirects by default). */
+  redirectDisabled?: boolean;
   /** An `auth` section: htpasswd (Basic) or token (Bearer, JWTs checked against `rootcertbundle`). Default: none. */
   auth?: {
     htpasswd?: { realm: string; path: string };
@@ -54,8 +58,9 @@ export function distributionConfig(root: string, addr: string, deleteEnabled: bo
     '  level: info',
     '  formatter: text',
     'storage:',
-    '  filesystem:',
-    `    rootdirectory: ${JSON.stringify(root)}`,
+    ...(opts.s3
+      ? ['  s3:', ...Object.entries(opts.s3).map(([k, v]) => `    ${k}: ${JSON.stringify(v)}`), '  redirect:', `    disable: ${opts.redirectDisabled ?? false}`]
+      : ['  filesystem:', `    rootdirectory: ${JSON.stringify(root)}`]),
     '  delete:',
     `    enabled: ${opts.deleteEnabled ?? true}`,
     '  maintenance:',
@@ -109,8 +114,9 @@ async function startOnce(opts: DistributionOptions): Promise<DistributionProcess
   const port = await freePort();
   const host = `127.0.0.1:${port}`;
   const [dir, configFile] = await writeConfig(opts.root, host, opts);
-  // REGISTRY_* variables in our own environment would override the file; drop them.
-  const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_')));
+  // REGISTRY_* variables in our own environment would override the file; drop them. AWS_*
+  // ones too: the Go SDK of its s3 driver panics on an AWS_CA_BUNDLE some machines set.
+  const env: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('REGISTRY_') && !k.startsWith('AWS_')));
   const proc = spawnLogged('distribution', binary, ['serve', configFile], {
     env,
     cwd: dir,

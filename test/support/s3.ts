@@ -55,6 +55,10 @@ export interface RgwServer {
   client(): S3Client;
   /** Creates another empty bucket. */
   createBucket(name: string): Promise<void>;
+  /** Stops radosgw only (S3 unreachable; the data stays in the OSD). */
+  stopGateway(): Promise<void>;
+  /** Starts radosgw again on the same port after stopGateway(), and waits until it answers. */
+  startGateway(): Promise<void>;
   /** Stops radosgw, the OSD and the monitor (in that order), then removes the temp dir. Idempotent. */
   stop(): Promise<void>;
 }
@@ -194,17 +198,29 @@ export async function startRgw(options: RgwOptions = {}): Promise<RgwServer> {
     }).catch((err: Error) => Promise.reject(new Error(`${err.message}${daemonLog('osd.0')}`)));
 
     // 3. radosgw (creates its pools on first start)
-    const rgw = spawnLogged('radosgw', tools.radosgw!, ['-c', conf, '-n', 'client.rgw.a', '-f']);
-    daemons.push(rgw);
     const endpoint = `http://${HOST}:${port}`;
-    await waitFor(
-      async () => {
-        const res = await fetch(`${endpoint}/`, { signal: AbortSignal.timeout(2000) });
-        await res.arrayBuffer();
-        return res.status === 200;
-      },
-      { what: `radosgw answering on ${endpoint}`, process: rgw, timeoutMs: left(), intervalMs: 250 },
-    ).catch((err: Error) => Promise.reject(new Error(`${err.message}${daemonLog('client.rgw.a')}`)));
+    let gateway: LoggedProcess | undefined;
+    const startGateway = async (timeoutMs = left()): Promise<void> => {
+      const rgw = spawnLogged('radosgw', tools.radosgw!, ['-c', conf, '-n', 'client.rgw.a', '-f']);
+      gateway = rgw;
+      daemons.push(rgw);
+      await waitFor(
+        async () => {
+          const res = await fetch(`${endpoint}/`, { signal: AbortSignal.timeout(2000) });
+          await res.arrayBuffer();
+          return res.status === 200;
+        },
+        { what: `radosgw answering on ${endpoint}`, process: rgw, timeoutMs, intervalMs: 250 },
+      ).catch((err: Error) => Promise.reject(new Error(`${err.message}${daemonLog('client.rgw.a')}`)));
+    };
+    const stopGateway = async (): Promise<void> => {
+      const rgw = gateway;
+      if (!rgw) return;
+      gateway = undefined;
+      await rgw.stop(10_000);
+      daemons.splice(daemons.indexOf(rgw), 1);
+    };
+    await startGateway();
 
     // 4. a user with fixed keys, and the bucket
     const accessKey = randomKey('ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789', 20);
@@ -234,11 +250,33 @@ export async function startRgw(options: RgwOptions = {}): Promise<RgwServer> {
     };
     const bucket = options.bucket ?? 'registry';
     await createBucket(bucket);
-    return { endpoint, region, accessKey, secretKey, bucket, startMs: Date.now() - started, dir, client, createBucket, stop };
+    return {
+      endpoint, region, accessKey, secretKey, bucket, startMs: Date.now() - started, dir, client, createBucket, stop,
+      stopGateway, startGateway: () => startGateway(60_000),
+    };
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * REGISTRY_* variables that point a registry (wharf or Distribution) at the server's bucket,
+ * path style, with `rootdirectory` as the key prefix.
+ */
+export function s3Env(rgw: RgwServer, options: { rootdirectory?: string; redirect?: boolean; bucket?: string } = {}): Record<string, string> {
+  return {
+    REGISTRY_STORAGE: 's3',
+    REGISTRY_STORAGE_S3_REGION: rgw.region,
+    REGISTRY_STORAGE_S3_REGIONENDPOINT: rgw.endpoint,
+    REGISTRY_STORAGE_S3_BUCKET: options.bucket ?? rgw.bucket,
+    REGISTRY_STORAGE_S3_ACCESSKEY: rgw.accessKey,
+    REGISTRY_STORAGE_S3_SECRETKEY: rgw.secretKey,
+    REGISTRY_STORAGE_S3_FORCEPATHSTYLE: 'true',
+    REGISTRY_STORAGE_S3_SECURE: 'false',
+    ...(options.rootdirectory ? { REGISTRY_STORAGE_S3_ROOTDIRECTORY: options.rootdirectory } : {}),
+    REGISTRY_STORAGE_REDIRECT_DISABLE: String(options.redirect === false),
+  };
 }
 
 /** The package list for messages: `apt-get install -y radosgw ceph-mon ceph-osd ceph-common`. */

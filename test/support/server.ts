@@ -20,6 +20,8 @@ export interface TestServerOptions {
   deleteEnabled?: boolean;
   /** Extra config overrides, as REGISTRY_* style environment entries. */
   env?: Record<string, string>;
+  /** Variables selecting another storage driver (s3Env()); the filesystem root is then unused. */
+  storageEnv?: Record<string, string>;
 }
 
 export async function startServer(opts: TestServerOptions = {}): Promise<TestServer> {
@@ -29,7 +31,7 @@ export async function startServer(opts: TestServerOptions = {}): Promise<TestSer
     env: {
       REGISTRY_HTTP_ADDR: '127.0.0.1:0',
       REGISTRY_LOG_LEVEL: 'silent',
-      REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: root,
+      ...(opts.storageEnv ?? { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: root }),
       REGISTRY_STORAGE_DELETE_ENABLED: String(opts.deleteEnabled ?? true),
       ...opts.env,
     },

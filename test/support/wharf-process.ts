@@ -24,6 +24,11 @@ export interface WharfOptions {
   logLevel?: string;
   /** Extra REGISTRY_* variables. */
   env?: Record<string, string>;
+  /**
+   * Variables that select another storage driver (s3Env() in s3.ts); the filesystem root
+   * variable is then not set (a temp dir is still made, and left empty).
+   */
+  storageEnv?: Record<string, string>;
   /** Optional config.yml path given to `serve`. */
   configFile?: string;
   startTimeoutMs?: number;
@@ -65,7 +70,7 @@ async function startOnce(opts: WharfOptions, root: string, ownRoot: boolean): Pr
   const env: NodeJS.ProcessEnv = {
     ...inherited,
     REGISTRY_HTTP_ADDR: host,
-    REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: root,
+    ...(opts.storageEnv ?? { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: root }),
     REGISTRY_STORAGE_DELETE_ENABLED: String(opts.deleteEnabled ?? true),
     REGISTRY_LOG_LEVEL: opts.logLevel ?? 'info',
     ...opts.env,

@@ -59,13 +59,12 @@ health:
 const REFUSED: { key: string; yaml: string; env: Record<string, string>[]; says: RegExp }[] = [
   { key: 'auth.silly', yaml: 'auth:\n  silly:\n', env: [{ REGISTRY_AUTH: 'silly' }, { REGISTRY_AUTH_SILLY_REALM: 'r' }], says: /the silly authentication method/ },
   { key: 'auth.ldap', yaml: 'auth:\n  ldap:\n    url: ldap://x\n', env: [{ REGISTRY_AUTH_LDAP_URL: 'ldap://x' }], says: /the ldap authentication method/ },
-  ...['s3', 'azure', 'gcs', 'swift', 'oss', 'inmemory'].map((driver) => ({
+  ...['azure', 'gcs', 'swift', 'oss', 'inmemory'].map((driver) => ({
     key: `storage.${driver}`,
     yaml: `storage:\n  ${driver}:\n    bucket: b\n  delete:\n    enabled: true\n`,
     env: [{ REGISTRY_STORAGE: driver }, { [`REGISTRY_STORAGE_${driver.toUpperCase()}_BUCKET`]: 'b' }],
-    says: new RegExp(`the ${driver} storage driver is not supported .*filesystem only`),
+    says: new RegExp(`the ${driver} storage driver is not supported .*filesystem or on S3`),
   })),
-  { key: 'storage.s3', yaml: 'storage: s3\n', env: [{ REGISTRY_STORAGE: '{s3: {bucket: b}}' }], says: /s3 storage driver/ },
   { key: 'redis', yaml: 'redis:\n  addr: localhost:6379\n', env: [{ REGISTRY_REDIS_ADDR: 'localhost:6379' }], says: /redis/ },
   {
     key: 'middleware',
@@ -148,7 +147,7 @@ describe('refused configuration', () => {
     const message = refusal(() =>
       loadConfig({
         env: {
-          REGISTRY_STORAGE_S3_SECRETKEY: 'topsecret-key',
+          REGISTRY_STORAGE_AZURE_ACCOUNTKEY: 'topsecret-key',
           REGISTRY_REDIS_PASSWORD: 'topsecret-pass',
           REGISTRY_AUTH_SILLY_REALM: 'topsecret-realm',
         },
@@ -157,7 +156,7 @@ describe('refused configuration', () => {
     expect(message.split('\n').map((line) => line.split(':')[0]).sort()).toEqual([
       'auth.silly (REGISTRY_AUTH_SILLY_REALM)',
       'redis (REGISTRY_REDIS_PASSWORD)',
-      'storage.s3 (REGISTRY_STORAGE_S3_SECRETKEY)',
+      'storage.azure (REGISTRY_STORAGE_AZURE_ACCOUNTKEY)',
     ]);
     expect(message).not.toContain('topsecret');
   });
@@ -204,7 +203,6 @@ describe('ignored configuration', () => {
     ['storage.cache.blobdescriptor', 'storage:\n  cache:\n    blobdescriptor: inmemory\n'],
     ['storage.cache.blobdescriptorsize', 'storage:\n  cache:\n    blobdescriptorsize: 10000\n'],
     ['storage.tag.concurrencylimit', 'storage:\n  tag:\n    concurrencylimit: 8\n'],
-    ['storage.redirect.disable', 'storage:\n  redirect:\n    disable: true\n'],
     ['validation.disabled', 'validation:\n  disabled: true\n'],
     ['validation.enabled', 'validation:\n  enabled: false\n'],
     ['compatibility.schema1.enabled', 'compatibility:\n  schema1:\n    enabled: false\n'],
@@ -225,14 +223,12 @@ describe('ignored configuration', () => {
         REGISTRY_HEALTH_STORAGEDRIVER_ENABLED: 'true',
         REGISTRY_STORAGE_CACHE_BLOBDESCRIPTOR: 'inmemory',
         REGISTRY_COMPATIBILITY_SCHEMA1_ENABLED: 'false',
-        REGISTRY_STORAGE_REDIRECT_DISABLE: 'true',
       },
     });
     expect(config.ignoredKeys.map((k) => k.key).sort()).toEqual([
       'compatibility.schema1.enabled',
       'log.formatter',
       'storage.cache.blobdescriptor',
-      'storage.redirect.disable',
     ]);
   });
 
@@ -291,13 +287,13 @@ describe('environment', () => {
 
   it('parses a whole section from YAML, replacing it as Distribution does', async () => {
     const config = loadConfig({ env: { REGISTRY_STORAGE: '{filesystem: {rootdirectory: /srv/registry}, delete: {enabled: true}}' } });
-    expect(config.storage.filesystem.rootdirectory).toBe('/srv/registry');
+    expect(config.storage.filesystem?.rootdirectory).toBe('/srv/registry');
     expect(config.storage.delete.enabled).toBe(true);
     const replaced = await loadYaml('storage:\n  filesystem:\n    rootdirectory: /from/file\n  delete:\n    enabled: true\n', {
       REGISTRY_STORAGE: 'filesystem',
     });
     expect(replaced.storage.delete.enabled).toBe(false);
-    expect(replaced.storage.filesystem.rootdirectory).not.toBe('/from/file');
+    expect(replaced.storage.filesystem?.rootdirectory).not.toBe('/from/file');
     expect(refusal(() => loadConfig({ env: { REGISTRY_STORAGE: '{filesystem: [' } }))).toMatch(/^REGISTRY_STORAGE: not valid YAML/);
   });
 
@@ -450,7 +446,7 @@ describe("Debian's docker-registry config.yml", () => {
     const root = mkdtempSync(join(tmpdir(), 'wharf-debian-'));
     try {
       const started = startRegistryServer(
-        { ...withAuth, http: { ...withAuth.http, addr: '127.0.0.1:0' }, storage: { ...withAuth.storage, filesystem: { ...withAuth.storage.filesystem, rootdirectory: root } } },
+        { ...withAuth, http: { ...withAuth.http, addr: '127.0.0.1:0' }, storage: { ...withAuth.storage, driver: 'filesystem', filesystem: { fsync: true, rootdirectory: root }, s3: undefined } },
         createLogger('silent'),
       );
       await expect(started).rejects.toThrow(/^auth\.htpasswd\.path: cannot read the htpasswd file \/etc\/docker\/registry/);
@@ -461,7 +457,7 @@ describe("Debian's docker-registry config.yml", () => {
     expect(withoutAuth).not.toContain('htpasswd');
     const config = await loadYaml(withoutAuth);
     expect(config.log.fields).toEqual({ service: 'registry' });
-    expect(config.storage.filesystem.rootdirectory).toBe('/var/lib/docker-registry');
+    expect(config.storage.filesystem?.rootdirectory).toBe('/var/lib/docker-registry');
     expect(config.storage.delete.enabled).toBe(true);
     expect(config.http.addr).toBe(':5000');
     expect(config.http.headers).toEqual({ 'X-Content-Type-Options': ['nosniff'] });
@@ -579,5 +575,94 @@ describe('auth', () => {
       ],
     ];
     for (const [env, message] of refused) expect(() => loadConfig({ env }), JSON.stringify(env)).toThrow(message);
+  });
+});
+
+describe('storage: s3', () => {
+  const S3_YAML = [
+    'storage:',
+    '  s3:',
+    '    region: us-east-1',
+    '    regionendpoint: http://127.0.0.1:7480',
+    '    bucket: registry',
+    '    rootdirectory: /wharf',
+    '    accesskey: AKIAEXAMPLE',
+    '    secretkey: verysecret',
+    '    forcepathstyle: true',
+    '    secure: "false"',
+    '    chunksize: 5242880',
+    '    multipartcopythresholdsize: "33554432"',
+    '    storageclass: REDUCED_REDUNDANCY',
+    '    objectacl: private',
+    '    useragent: something',
+    '  redirect:',
+    '    disable: true',
+    '',
+  ].join('\n');
+
+  it("reads Distribution's keys from a file", async () => {
+    const config = await loadYaml(S3_YAML);
+    expect(config.storage.driver).toBe('s3');
+    expect(config.storage.filesystem).toBeUndefined();
+    expect(config.storage.s3).toEqual({
+      region: 'us-east-1',
+      regionendpoint: 'http://127.0.0.1:7480',
+      bucket: 'registry',
+      rootdirectory: '/wharf',
+      accesskey: 'AKIAEXAMPLE',
+      secretkey: 'verysecret',
+      forcepathstyle: true,
+      secure: false,
+      chunksize: 5242880,
+      multipartcopythresholdsize: 33554432,
+      storageclass: 'REDUCED_REDUNDANCY',
+    });
+    expect(config.storage.redirect.disable).toBe(true);
+    expect(config.ignoredKeys.map((k) => k.key).sort()).toEqual(['storage.s3.useragent']);
+  });
+
+  it('reads the environment form, and redirects by default as Distribution does on S3', () => {
+    const config = loadConfig({
+      env: {
+        REGISTRY_STORAGE: 's3',
+        REGISTRY_STORAGE_S3_REGION: 'eu-west-1',
+        REGISTRY_STORAGE_S3_BUCKET: 'b',
+        REGISTRY_STORAGE_S3_ENCRYPT: 'true',
+        REGISTRY_STORAGE_S3_KEYID: 'arn:aws:kms:key',
+      },
+    });
+    expect(config.storage).toMatchObject({ driver: 's3', s3: { region: 'eu-west-1', bucket: 'b', encrypt: true, keyid: 'arn:aws:kms:key' } });
+    expect(config.storage.redirect.disable).toBe(false);
+    // Keys alone select S3 too.
+    expect(loadConfig({ env: { REGISTRY_STORAGE_S3_REGION: 'r', REGISTRY_STORAGE_S3_BUCKET: 'b' } }).storage.driver).toBe('s3');
+  });
+
+  it('never falls back to the local disk: s3 without its settings, or two drivers, stop start-up', async () => {
+    expect(await yamlRefusal('storage: s3\n')).toMatch(/^storage\.s3\.bucket: required/);
+    expect(refusal(() => loadConfig({ env: { REGISTRY_STORAGE: 's3' } }))).toMatch(/^storage\.s3\.bucket: required/);
+    expect(refusal(() => loadConfig({ env: { REGISTRY_STORAGE_S3_BUCKET: 'b' } }))).toMatch(/^storage\.s3\.region: required/);
+    const both = await loadYaml('storage:\n  filesystem:\n    rootdirectory: /data\n').catch((err: Error) => err);
+    expect(both).not.toBeInstanceOf(Error);
+    expect(
+      refusal(() => loadConfig({ env: { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: '/data', REGISTRY_STORAGE_S3_REGION: 'r', REGISTRY_STORAGE_S3_BUCKET: 'b' } })),
+    ).toMatch(/^storage: both filesystem \(storage\.filesystem\.rootdirectory\) and s3 are configured/);
+  });
+
+  it('refuses what it cannot honour, naming the setting', async () => {
+    const base = 'storage:\n  s3:\n    region: r\n    bucket: b\n';
+    expect(await yamlRefusal(`${base}    bucketname: typo\n`)).toMatch(/^storage\.s3\.bucketname: unknown setting/);
+    expect(await yamlRefusal(`${base}    objectacl: public-read\n`)).toMatch(/^storage\.s3\.objectacl: object ACLs other than private/);
+    expect(await yamlRefusal(`${base}    accelerate: true\n`)).toMatch(/^storage\.s3\.accelerate:/);
+    expect(await yamlRefusal(`${base}    v4auth: false\n`)).toMatch(/^storage\.s3\.v4auth: signature version 2/);
+    expect(await yamlRefusal(`${base}    accesskey: a\n`)).toMatch(/^storage\.s3: accesskey and secretkey go together/);
+    expect(await yamlRefusal(`${base}    chunksize: lots\n`)).toMatch(/^storage\.s3\.chunksize: expected a whole number/);
+    // The token server keeps its key under the filesystem root by default: on S3 it must be given.
+    const token = 'auth:\n  token:\n    realm: http://r/auth/token\n    service: s\n    issuer: i\n  tokenserver:\n    htpasswd: /etc/htpasswd\n';
+    expect(await yamlRefusal(`${base}${token}`)).toMatch(/^auth\.tokenserver\.keydir: required with S3 storage/);
+  });
+
+  it('stops start-up on sizes S3 cannot take, naming the setting', async () => {
+    const config = await loadYaml('storage:\n  s3:\n    region: r\n    bucket: b\n    chunksize: 1048576\nhttp:\n  addr: 127.0.0.1:0\n');
+    await expect(startRegistryServer(config, createLogger('silent'))).rejects.toThrow(/^storage\.s3: chunksize must be between 5242880/);
   });
 });

@@ -31,7 +31,7 @@ describe('config', () => {
   it('defaults to :5000 and ./data with no file', () => {
     const c = loadConfig({ env: {} });
     expect(c.http.addr).toBe(':5000');
-    expect(c.storage.filesystem.rootdirectory).toMatch(/\/data$/);
+    expect(c.storage.filesystem?.rootdirectory).toMatch(/\/data$/);
     expect(c.storage.delete.enabled).toBe(false);
   });
   it('takes REGISTRY_* overrides by key path', () => {
