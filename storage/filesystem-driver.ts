@@ -113,7 +113,7 @@ export class FilesystemDriver implements StorageDriver {
     } catch (err) {
       throw translate(err, path);
     }
-    const stream = new FileSink(handle, initial, this.fsync ? () => this.flushInBackground(target) : undefined);
+    const stream = new FileSink(path, handle, initial, this.fsync ? () => this.flushInBackground(target) : undefined);
     let settled = false;
     return {
       stream,
@@ -298,6 +298,7 @@ class FileSink extends Writable {
   private closing: Promise<void> | undefined;
 
   constructor(
+    private readonly path: string,
     private readonly handle: FileHandle,
     private readonly initialSize: number,
     private readonly flush: (() => void) | undefined,
@@ -346,7 +347,13 @@ class FileSink extends Writable {
   private async writeAll(buffers: Buffer[]): Promise<void> {
     let pending = buffers;
     while (pending.length > 0) {
-      const { bytesWritten } = await this.handle.writev(pending);
+      let bytesWritten: number;
+      try {
+        ({ bytesWritten } = await this.handle.writev(pending));
+      } catch (err) {
+        // A full or failing disk is the storage's failure, never the client's: callers see the contract's error.
+        throw translate(err, this.path);
+      }
       this.bytesWritten += bytesWritten;
       pending = skip(pending, bytesWritten); // a short write: write the rest
     }

@@ -192,11 +192,8 @@ const unknownUpload = (id: string): RegistryError =>
 function asUploadError(err: unknown): Error {
   if (err instanceof RegistryError || err instanceof StorageUnavailableError) return err;
   const code = (err as NodeJS.ErrnoException)?.code;
-  // The data file's write stream fails with the raw errno (the driver's translate() only
-  // sees open and close): a full or failing disk is the storage's fault, not the client's.
-  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EIO' || code === 'EROFS') {
-    return new StorageUnavailableError(`storage ${code} while writing an upload`, { cause: err });
-  }
+  // Drivers report their own failures as StorageUnavailableError; what is left of the
+  // request stream's errors means the client went away.
   if (code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNRESET' || code === 'ABORT_ERR') {
     return new RegistryError('BLOB_UPLOAD_INVALID', 'the upload was interrupted before the body ended', undefined, { cause: err });
   }
