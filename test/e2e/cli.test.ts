@@ -88,8 +88,13 @@ describe('the wharf command', () => {
 
       const s3 = await run(bin, ['serve'], { ...env, REGISTRY_STORAGE: 's3' });
       expect(s3.code).toBe(1);
+      // S3 named beside the filesystem root the test environment sets: never one of them silently.
+      expect(s3.stderr).toMatch(/^wharf: configuration error: storage: both filesystem \(storage\.filesystem\.rootdirectory\) and s3 are configured/);
+      const { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: _root, ...withoutRoot } = env;
+      const bare = await run(bin, ['serve'], { ...withoutRoot, REGISTRY_STORAGE: 's3' });
+      expect(bare.code).toBe(1);
       // S3 named without its settings: never the local disk instead.
-      expect(s3.stderr).toMatch(/^wharf: configuration error: storage\.s3\.bucket: required/);
+      expect(bare.stderr).toMatch(/^wharf: configuration error: storage\.s3\.bucket: required/);
 
       if (existsSync('/etc/docker/registry/config.yml')) {
         // Debian's shipped config turns on htpasswd with a directory as the file: refused.
