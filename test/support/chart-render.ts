@@ -96,6 +96,16 @@ export function one<T extends Manifest = Manifest>(ms: Manifest[], kind: string)
   return found[0]!;
 }
 
+/** A Secret the user creates before installing (`kubectl create secret generic NAME --from-file=...`). */
+export function existingSecret(name: string, data: Record<string, string>): Secret {
+  return {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: { name },
+    data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString('base64')])),
+  };
+}
+
 /** A Secret's decoded contents. */
 export function secretData(secret: Secret): Record<string, string> {
   const out: Record<string, string> = { ...(secret.stringData ?? {}) };
@@ -105,7 +115,7 @@ export function secretData(secret: Secret): Record<string, string> {
 
 export function secretValue(ms: Manifest[], name: string, key: string): string {
   const secret = ofKind<Secret>(ms, 'Secret').find((s) => s.metadata.name === name);
-  if (secret === undefined) throw new Error(`no Secret ${name} rendered`);
+  if (secret === undefined) throw new Error(`no Secret ${name} rendered (or given as existing)`);
   const data = secretData(secret);
   if (!(key in data)) throw new Error(`Secret ${name} has no key ${key}`);
   return data[key]!;
@@ -138,13 +148,15 @@ export interface DockerRun {
  * Secret volumes are written under `workDir` (mode 0644 files, as defaultMode), PVCs and
  * disk emptyDirs become host directories owned by the pod's user (what fsGroup does), memory
  * emptyDirs become tmpfs. The container joins `network` (default host, so its ports are
- * reachable on 127.0.0.1).
+ * reachable on 127.0.0.1). `existing` are objects already in the cluster that the rendered
+ * Deployment refers to (Secrets named by `existingSecret` values).
  */
 export async function dockerRunFromDeployment(
-  ms: Manifest[],
-  opts: { workDir: string; name: string; network?: string; volumeDirs?: Record<string, string> },
+  rendered: Manifest[],
+  opts: { workDir: string; name: string; network?: string; volumeDirs?: Record<string, string>; existing?: Manifest[] },
 ): Promise<DockerRun> {
-  const dep = one<Deployment>(ms, 'Deployment');
+  const ms = [...rendered, ...(opts.existing ?? [])];
+  const dep = one<Deployment>(rendered, 'Deployment');
   const pod = dep.spec.template.spec;
   const c = wharfContainer(dep);
   const sc = { ...pod.securityContext, ...c.securityContext };

@@ -62,6 +62,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.auth.htpasswd.enabled (and .Values.auth.token.enabled .Values.auth.tokenServer.enabled) }}true{{ end }}
 {{- end }}
 
+{{/* The token server's signing key from a Secret (auth.tokenServer.signingKey): mounted by subPath into
+     wharf.signingKeyDir, a memory emptyDir where wharf writes the key's certificate; that directory is
+     auth.tokenserver.keydir. */}}
+{{- define "wharf.signingKey" -}}
+{{- $ts := .Values.auth.tokenServer }}
+{{- if and .Values.auth.token.enabled $ts.enabled (or $ts.signingKey.existingSecret $ts.signingKey.pem) }}true{{ end }}
+{{- end }}
+
+{{- define "wharf.signingKeySecret" -}}
+{{- default (include "wharf.fullname" .) .Values.auth.tokenServer.signingKey.existingSecret }}
+{{- end }}
+
+{{- define "wharf.signingKeyDir" -}}/etc/wharf/token-signer{{- end }}
+
 {{/* The refusals: configurations that cannot work, with what to do instead. */}}
 {{- define "wharf.validate" -}}
 {{- $v := .Values }}
@@ -85,6 +99,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "auth.token.enabled needs the keys that sign tokens: auth.token.rootCertBundle or auth.token.jwks, or auth.tokenServer.enabled to issue them" }}
 {{- end }}
 {{- end }}
+{{- $ts := $v.auth.tokenServer }}
+{{- if and $ts.enabled (eq $v.storage.type "s3") (not (or $ts.signingKey.existingSecret $ts.signingKey.pem $ts.keyDir)) }}
+{{- fail "auth.tokenServer with storage.type s3 needs a signing key every replica shares (there is no volume to keep one on): make an ECDSA P-256 key (openssl ecparam -name prime256v1 -genkey -noout -out token-signing-key.pem), store it (kubectl create secret generic registry-token-key --from-file=token-signing-key.pem) and set auth.tokenServer.signingKey.existingSecret=registry-token-key, or pass the PEM as auth.tokenServer.signingKey.pem" }}
+{{- end }}
+{{- if and (or $ts.signingKey.existingSecret $ts.signingKey.pem) $ts.keyDir }}
+{{- fail "auth.tokenServer: set signingKey or keyDir, not both (with signingKey the chart mounts the key and sets the key directory)" }}
+{{- end }}
 {{- if and (include "wharf.needsUsers" .) (not (or $v.auth.users $v.auth.usersExistingSecret)) }}
 {{- fail "auth.htpasswd and auth.tokenServer need users: set auth.users (htpasswd -nB lines) or auth.usersExistingSecret (a Secret with an htpasswd key)" }}
 {{- end }}
@@ -102,7 +123,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $v.httpHeaders }}{{ $_ := set $http "headers" $v.httpHeaders }}{{ end }}
 {{- if $v.httpHost }}{{ $_ := set $http "host" $v.httpHost }}{{ end }}
 {{- $m := $v.storage.maintenance }}
-{{- $storage := dict "delete" (dict "enabled" $v.storage.delete.enabled) "maintenance" (dict "uploadpurging" (dict "enabled" $m.uploadPurging.enabled "age" $m.uploadPurging.age "interval" $m.uploadPurging.interval "dryrun" $m.uploadPurging.dryRun) "readonly" (dict "enabled" $m.readOnly.enabled)) }}
+{{- $storage := dict "delete" (dict "enabled" $v.storage.delete.enabled) "redirect" (dict "disable" $v.storage.redirect.disable) "maintenance" (dict "uploadpurging" (dict "enabled" $m.uploadPurging.enabled "age" $m.uploadPurging.age "interval" $m.uploadPurging.interval "dryrun" $m.uploadPurging.dryRun) "readonly" (dict "enabled" $m.readOnly.enabled)) }}
 {{- if eq $v.storage.type "s3" }}
 {{- $s := $v.storage.s3 }}
 {{- $s3 := dict "region" $s.region "bucket" $s.bucket "encrypt" $s.encrypt "secure" $s.secure "skipverify" $s.skipVerify "v4auth" $s.v4Auth "forcepathstyle" $s.forcePathStyle "storageclass" $s.storageClass }}
@@ -131,7 +152,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $v.auth.tokenServer.enabled }}
 {{- $ts := $v.auth.tokenServer }}
 {{- $server := dict "htpasswd" "/etc/wharf/auth/htpasswd" "expiration" $ts.expiration "refreshexpiration" $ts.refreshExpiration }}
-{{- if $ts.keyDir }}{{ $_ := set $server "keydir" $ts.keyDir }}{{ end }}
+{{- if include "wharf.signingKey" $ }}{{ $_ := set $server "keydir" (include "wharf.signingKeyDir" $) }}
+{{- else if $ts.keyDir }}{{ $_ := set $server "keydir" $ts.keyDir }}{{ end }}
 {{- if $ts.groups }}{{ $_ := set $server "groups" $ts.groups }}{{ end }}
 {{- if $ts.rules }}{{ $_ := set $server "rules" $ts.rules }}{{ end }}
 {{- $_ := set $auth "tokenserver" $server }}
