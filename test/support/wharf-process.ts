@@ -44,6 +44,14 @@ export interface WharfOptions {
   readyStatus?: number;
 }
 
+/** Storage every startWharf() of this test file uses unless told otherwise (runOnS3() sets it). */
+const fileStorage: { env?: Record<string, string> } = {};
+
+/** Makes startWharf() store with these variables (s3Env()) by default; undefined: the filesystem again. */
+export function setDefaultStorage(env: Record<string, string> | undefined): void {
+  fileStorage.env = env;
+}
+
 export async function startWharf(opts: WharfOptions = {}): Promise<WharfProcess> {
   const ownRoot = opts.root === undefined;
   const root = opts.root ?? (await tempDir('wharf-e2e-root-'));
@@ -70,7 +78,7 @@ async function startOnce(opts: WharfOptions, root: string, ownRoot: boolean): Pr
   const env: NodeJS.ProcessEnv = {
     ...inherited,
     REGISTRY_HTTP_ADDR: host,
-    ...(opts.storageEnv ?? { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: root }),
+    ...(opts.storageEnv ?? fileStorage.env ?? { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: root }),
     REGISTRY_STORAGE_DELETE_ENABLED: String(opts.deleteEnabled ?? true),
     REGISTRY_LOG_LEVEL: opts.logLevel ?? 'info',
     ...opts.env,
