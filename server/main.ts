@@ -1,11 +1,12 @@
 // The wharf command line: `wharf serve [config.yml]`, `wharf mirror warm IMAGE...`,
-// `wharf garbage-collect [config.yml] [--dry-run] [--delete-untagged]`, `wharf --version`, `wharf --help`.
+// `wharf garbage-collect [config.yml] [--dry-run] [--delete-untagged | --online [--grace D]]`, `wharf --version`, `wharf --help`.
 import { readFileSync } from 'node:fs';
 import { ConfigError, loadConfig } from './config.js';
 import { startRegistryServer } from './listen.js';
 import { warmCommand } from './warm-command.js';
 import { createStorageDriver, describeStorage } from './storage-setup.js';
-import { formatBytes, garbageCollect } from '../storage/garbage-collect.js';
+import { garbageCollect } from '../storage/garbage-collect.js';
+import { formatDuration, gcReporter, gcSummary, parseGcArgs } from './gc-command.js';
 
 const USAGE = `wharf - a private container registry (OCI Distribution v2)
 
@@ -16,6 +17,8 @@ Usage:
                              delete blobs no manifest references, as Distribution's
                              garbage-collect does. OFFLINE: stop every registry (wharf or
                              Distribution) serving the storage first
+  wharf garbage-collect [config.yml] --online [--grace 1h] [--dry-run|-d]
+                             the same while wharf registries keep serving the storage
   wharf --version            print the version
   wharf --help               print this help
 
@@ -95,6 +98,7 @@ async function main(argv: string[]): Promise<number> {
 }
 
 const GC_USAGE = `Usage: wharf garbage-collect [config.yml] [--dry-run|-d] [--delete-untagged|-m]
+       wharf garbage-collect [config.yml] --online [--grace DURATION] [--dry-run|-d]
 
 Deletes every blob no manifest references, in Distribution's way (same marks, same
 result): every manifest of every repository is kept, with its config and layers (an
@@ -103,28 +107,39 @@ deleted first (children of a kept index stay). Also removes referrer entries of 
 manifests, temporary files a crash left (older than 1h) and upload sessions older than
 storage.maintenance.uploadpurging.age (when upload purging is enabled).
 
-It is offline: stop every registry serving the storage before running it. Blobs pushed
-while it runs could be deleted.
+Without --online it is offline: stop every registry serving the storage before running
+it. Blobs pushed while it runs could be deleted.
 
-  --dry-run, -d          report what would be deleted, delete nothing
-  --delete-untagged, -m  delete manifests that no tag points at
+With --online, wharf registries (any number of replicas) keep serving the storage. A blob
+is collected in two steps, each only for blobs no manifest references: a blob whose data
+and repository links are older than the grace period is hidden (its repository links are
+removed; a manifest pushed later that references it brings them back); a blob hidden at
+least a grace period earlier is deleted by a later run. A push whose manifest comes within
+the grace period of uploading its blobs (within grace - linkttl of a HEAD) never loses one.
+Run it periodically; one online collection at a time. The grace period must exceed the
+registries' storage.cache.linkttl. Not with --delete-untagged, not with a Distribution
+writing to the same storage.
+
+  --dry-run, -d          report what would be deleted (or hidden), change nothing
+  --delete-untagged, -m  delete manifests that no tag points at (offline only)
+  --online               collect while registries serve the storage
+  --grace DURATION       with --online: how long an unreferenced blob is left alone
+                         after its last use, and again after it was hidden (default 1h;
+                         e.g. 90s, 30m, 24h)
 `;
 
 async function garbageCollectCommand(args: string[]): Promise<number> {
-  let dryRun = false;
-  let deleteUntagged = false;
-  const files: string[] = [];
-  for (const arg of args) {
-    if (arg === '--dry-run' || arg === '-d') dryRun = true;
-    else if (arg === '--delete-untagged' || arg === '-m') deleteUntagged = true;
-    else if (arg === '--help' || arg === '-h') {
-      process.stdout.write(GC_USAGE);
-      return 0;
-    } else if (arg.startsWith('-') || files.length > 0) {
-      process.stderr.write(`wharf: garbage-collect: unexpected argument ${JSON.stringify(arg)}\n\n${GC_USAGE}`);
-      return 2;
-    } else files.push(arg);
+  const parsed = parseGcArgs(args);
+  if (parsed === 'help') {
+    process.stdout.write(GC_USAGE);
+    return 0;
   }
+  if ('error' in parsed) {
+    process.stderr.write(`wharf: garbage-collect: ${parsed.error}\n\n${GC_USAGE}`);
+    return 2;
+  }
+  const { dryRun, deleteUntagged, online, graceMs } = parsed;
+  const files = parsed.file === undefined ? [] : [parsed.file];
   let config;
   try {
     config = loadConfig({ file: files[0] ?? process.env.REGISTRY_CONFIGURATION_PATH, env: process.env });
@@ -133,12 +148,19 @@ async function garbageCollectCommand(args: string[]): Promise<number> {
     for (const line of err.message.split('\n')) process.stderr.write(`wharf: configuration error: ${line}\n`);
     return 1;
   }
+  if (online && graceMs <= config.storage.cache.linkttl) {
+    process.stderr.write(
+      `wharf: garbage-collect: --grace ${formatDuration(graceMs)} must exceed storage.cache.linkttl (${formatDuration(config.storage.cache.linkttl)}): ` +
+        'replicas may answer from their caches for that long\n',
+    );
+    return 2;
+  }
   const root = config.storage.filesystem?.rootdirectory;
   const purging = config.storage.maintenance.uploadpurging;
-  const out = (line: string): void => {
-    process.stdout.write(`${line}\n`);
-  };
-  out(`garbage-collect${dryRun ? ' (dry run)' : ''}${deleteUntagged ? ' --delete-untagged' : ''}: ${describeStorage(config.storage)}`);
+  const reporter = gcReporter(process.stdout);
+  const out = (line: string): void => reporter.line(line);
+  const mode = online ? ` --online (grace ${formatDuration(graceMs)})` : deleteUntagged ? ' --delete-untagged' : '';
+  out(`garbage-collect${dryRun ? ' (dry run)' : ''}${mode}: ${describeStorage(config.storage)}`);
   try {
     const driver = await createStorageDriver(config.storage);
     const now = new Date();
@@ -149,16 +171,17 @@ async function garbageCollectCommand(args: string[]): Promise<number> {
       uploadsStartedBefore: purging.enabled ? new Date(now.getTime() - purging.age) : undefined,
       now,
       progress: out,
+      onProgress: (p) => reporter.progress(p),
+      online: online ? { graceMs } : undefined,
     });
-    out(
-      `${dryRun ? 'dry run, nothing deleted: ' : ''}${r.manifestsMarked} manifests marked, ${r.manifestsDeleted} manifests deleted, ` +
-        `${r.blobsMarked} blobs marked, ${r.blobsDeleted} blobs deleted, ${formatBytes(r.bytesFreed)} (${r.bytesFreed} bytes) freed, ` +
-        `${r.referrersDeleted} referrer entries, ${r.tempFilesDeleted} temporary files, ${r.uploadsPurged} upload sessions removed`,
-    );
+    out(gcSummary(r, { dryRun, online }));
     return 0;
   } catch (err) {
+    reporter.stop();
     process.stderr.write(`wharf: garbage-collect failed: ${(err as Error).message}\n`);
     return 1;
+  } finally {
+    reporter.stop();
   }
 }
 

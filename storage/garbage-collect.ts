@@ -25,17 +25,79 @@
 // upload sessions older than the upload purging age (upload-purge.ts).
 //
 // Offline: nothing may write to the root meanwhile (a push between mark and sweep would lose
-// its blobs). Online collection with a running registry needs a grace period and is not here.
+// its blobs). `online` is the mode for storage that registries keep serving.
+//
+// ONLINE (`wharf garbage-collect --online [--grace DURATION]`, default grace 1h). Everything
+// goes through the StorageDriver, so it runs the same on a directory or a bucket, with any
+// number of wharf replicas serving it. Grace periods AND marks; a blob goes in two steps, each
+// at least a grace period long:
+//
+// 1. Mark as offline (every revision of every repository; no --delete-untagged). An unmarked
+//    blob is a candidate only when it is old: its data, and every repository layer link to it,
+//    were last written more than the grace period ago. Uploads and mounts write the link,
+//    manifest PUTs re-write the links of everything they reference (manifest-store.ts), so a
+//    blob a client uploaded, mounted or referenced within the grace period is never one.
+// 2. Right before acting, the revisions written since the mark began are read (re-mark): a
+//    manifest pushed meanwhile keeps its blobs.
+// 3. Hide: a candidate's layer links are removed, and a marker (gc-markers.ts) records which
+//    repositories had one. HEAD and GET now answer 404, so clients upload the blob again; the
+//    bytes stay. A manifest PUT referencing a hidden blob, in a repository that had it,
+//    restores the link. This is what makes a HEAD answer safe to rely on: the collector cannot
+//    know who saw the blob, but it stops anyone new from seeing it and then waits.
+// 4. Delete: a later run deletes a blob hidden at least a grace period earlier that is still
+//    unmarked, has no link again and whose bytes were not rewritten since. Anything else undoes
+//    the hide (links restored, marker removed). The bytes are first parked (wharf/trash) for
+//    GC_SETTLE_MS and looked at again: an upload completing then (it moves identical bytes in,
+//    then writes its link, knowing nothing of markers) gets them back.
+// Steps 3 and 4 each open with a handshake through storage (gc-markers.ts): the collector
+// writes its marker before it reads links and times, a manifest PUT writes its links (and its
+// own bytes) before it reads the marker; one always sees the other, and a push that meets a
+// busy marker waits the milliseconds until the collector has decided.
+//
+// The rule for replicas: each trusts links and blob presence it read for storage.cache.linkttl
+// at most, and anything that acknowledges a write asks storage (blob-store.ts). A blob is
+// deleted a grace period after its links went, so with grace > linkttl (the command refuses
+// less) no replica still has it cached as present. Guarantees: a manifest referencing blobs
+// its client uploaded or mounted within the grace period, or saw with HEAD within grace -
+// linkttl, is accepted; a manifest is never accepted whose blob is then deleted. Times read
+// from storage count as up to a second later than stored (S3 keeps whole seconds).
+//
+// Not covered: a Distribution writing to the same storage (its PUTs re-write no links), and an
+// upload or mount of a digest, into a repository that never linked it, completing within the
+// milliseconds between the collector's last check of that blob and its parking (acknowledged,
+// then its manifest is refused with MANIFEST_BLOB_UNKNOWN; closing it needs upload completion
+// and mount to take part in the handshake: holdAgainstGc before they move bytes in / answer).
+// --delete-untagged is refused online: deleting a revision races with a push tagging it or an
+// index referencing it, and revisions have no hide step. `_referrers` entries of deleted
+// manifests are left to offline runs (the referrers API skips them). One online collector at a
+// time: a busy marker younger than GC_WAIT_MS (another run's) is left alone.
+import { randomBytes } from 'node:crypto';
 import { lstat, readdir, rmdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isPathNotFound, type StorageDriver } from './driver.js';
+import { isPathNotFound, type FileInfo, type StorageDriver } from './driver.js';
 import { isDigest, parseDigest, type Digest } from './digest.js';
 import { BlobStore } from './blob-store.js';
 import { baseName, LinkStore, listOrEmpty } from './link-store.js';
 import { MediaType, parseStoredManifest } from './manifest.js';
 import {
+  GC_HOLD_MS,
+  GC_MARKERS,
+  GC_SETTLE_MS,
+  GC_TRASH,
+  GC_WAIT_MS,
+  gcMarkerPath,
+  gcTrashPath,
+  isBusy,
+  readGcMarker,
+  writeGcMarker,
+  type GcMarker,
+} from './gc-markers.js';
+import {
   BLOBS,
   blobData,
+  blobDir,
+  layerLink,
+  layersDir,
   REPOSITORIES,
   ROOT,
   revisionDir,
@@ -46,6 +108,11 @@ import {
 } from './paths.js';
 import { purgeUploads } from './upload-purge.js';
 
+/**
+ * Modification times are read as up to this much later than stored: S3 keeps whole seconds,
+ * so a file written at 10.9 s reads 10.0 s, and ages must never be overestimated.
+ */
+const TIME_SLACK_MS = 1000;
 /** The filesystem driver's temporary-file marker (TEMP_MARK in filesystem-driver.ts). */
 const TEMP_MARK = '~tmp-';
 /** Temporary files younger than this may belong to a write in progress elsewhere. */
@@ -64,6 +131,18 @@ export interface GarbageCollectOptions {
   now?: Date;
   /** Progress lines, one per step and a summary per phase. */
   progress?: (line: string) => void;
+  /** How far a long phase is (for a live bar); called often, must be cheap. */
+  onProgress?: (progress: GcProgress) => void;
+  /** Collect while registries serve the storage (see the header). */
+  online?: { graceMs: number };
+}
+
+export interface GcProgress {
+  phase: 'mark' | 'scan' | 'sweep';
+  done: number;
+  total: number;
+  /** Bytes: of unreferenced blobs found (scan), hidden and freed (sweep). */
+  bytes: number;
 }
 
 export interface GarbageCollectResult {
@@ -80,6 +159,17 @@ export interface GarbageCollectResult {
   referrersDeleted: number;
   tempFilesDeleted: number;
   uploadsPurged: number;
+  /** Online: blobs whose links were removed in this run (a later run deletes them), and their bytes. */
+  blobsHidden: number;
+  bytesHidden: number;
+  /** Online: hidden blobs (or candidates) found in use again, made visible again. */
+  blobsRestored: number;
+  /** Online: unreferenced blobs written or linked within the grace period, left alone. */
+  blobsRecent: number;
+  /** Online: hidden blobs waiting for the grace period to pass before deletion. */
+  blobsWaiting: number;
+  /** Online: manifests found by the re-mark (pushed while this run was marking). */
+  manifestsRemarked: number;
 }
 
 interface ManifestDeletion {
@@ -89,24 +179,35 @@ interface ManifestDeletion {
   tags: string[];
 }
 
+const emptyResult = (): GarbageCollectResult => ({
+  repositories: 0,
+  manifestsMarked: 0,
+  manifestsDeleted: 0,
+  blobsMarked: 0,
+  blobsDeleted: 0,
+  bytesFreed: 0,
+  referrersDeleted: 0,
+  tempFilesDeleted: 0,
+  uploadsPurged: 0,
+  blobsHidden: 0,
+  bytesHidden: 0,
+  blobsRestored: 0,
+  blobsRecent: 0,
+  blobsWaiting: 0,
+  manifestsRemarked: 0,
+});
+
 export async function garbageCollect(driver: StorageDriver, options: GarbageCollectOptions = {}): Promise<GarbageCollectResult> {
+  if (options.online) return collectOnline(driver, options, options.online.graceMs);
   const say = options.progress ?? (() => undefined);
   const dryRun = options.dryRun ?? false;
   const now = options.now ?? new Date();
   // No caches: this process is alone on the root and reads each fact once.
   const links = new LinkStore(driver, 0);
   const blobs = new BlobStore(driver, { presenceTtlMs: 0, contentCacheBytes: 16 * 1024 * 1024 });
-  const result: GarbageCollectResult = {
-    repositories: 0,
-    manifestsMarked: 0,
-    manifestsDeleted: 0,
-    blobsMarked: 0,
-    blobsDeleted: 0,
-    bytesFreed: 0,
-    referrersDeleted: 0,
-    tempFilesDeleted: 0,
-    uploadsPurged: 0,
-  };
+  const result = emptyResult();
+  // Bytes a crashed online run left parked belong to their blob until decided again.
+  if (!dryRun) await unparkAll(driver, false);
 
   // ---- mark
   const marked = new Set<string>();
@@ -116,7 +217,8 @@ export async function garbageCollect(driver: StorageDriver, options: GarbageColl
   const children = new Set<string>();
   const repositories = await repositoryNames(driver);
   result.repositories = repositories.length;
-  for (const repo of repositories) {
+  for (const [index, repo] of repositories.entries()) {
+    options.onProgress?.({ phase: 'mark', done: index, total: repositories.length, bytes: 0 });
     const revisions = await revisionDigests(driver, links, blobs, repo);
     const tags = (await listOrEmpty(driver, tagsDir(repo))).map(baseName).sort();
     const tagged = new Set<string>();
@@ -183,7 +285,15 @@ export async function garbageCollect(driver: StorageDriver, options: GarbageColl
       `and ${result.referrersDeleted} referrer entries ${dryRun ? 'eligible for deletion (dry run)' : 'deleted'}`,
   );
 
-  // ---- what crashes and abandoned clients leave
+  if (!dryRun) await clearMarkers(driver, links, marked, say);
+  await sweepLeftovers(driver, options, now, result);
+  return result;
+}
+
+/** What crashes and abandoned clients leave: temporary files and stale upload sessions. */
+async function sweepLeftovers(driver: StorageDriver, options: GarbageCollectOptions, now: Date, result: GarbageCollectResult): Promise<void> {
+  const say = options.progress ?? (() => undefined);
+  const dryRun = options.dryRun ?? false;
   if (options.rootDirectory !== undefined) {
     const cutoff = now.getTime() - TEMP_FILE_AGE_MS;
     result.tempFilesDeleted = await sweepTempFiles(join(options.rootDirectory, ...ROOT.split('/').filter(Boolean)), cutoff, dryRun);
@@ -194,15 +304,353 @@ export async function garbageCollect(driver: StorageDriver, options: GarbageColl
     result.uploadsPurged = purge.purged;
     say(`upload sessions: ${purge.scanned} found, ${purge.purged} stale ${dryRun ? 'eligible for deletion' : 'purged'}`);
   }
+}
+
+/**
+ * Offline: markers an online run left (gc-markers.ts) are settled. The blobs of all of them
+ * that remain are marked, so their hidden links come back; the others were deleted above.
+ */
+async function clearMarkers(driver: StorageDriver, links: LinkStore, marked: Set<string>, say: (line: string) => void): Promise<void> {
+  let count = 0;
+  for (const digest of await markerDigests(driver)) {
+    const marker = await readGcMarker(driver, digest);
+    if (marker && marked.has(digest.value) && (await exists(driver, blobData(digest)))) {
+      for (const repo of marker.repos) await links.write(layerLink(repo, digest), digest);
+    }
+    await deleteIfPresent(driver, gcMarkerPath(digest));
+    count++;
+  }
+  if (count > 0) say(`online collection markers: ${count} cleared`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Online collection (the header explains the design).
+
+interface BlobFacts {
+  digest: Digest;
+  /** Data size and modification time; undefined when there are no bytes. */
+  size?: number;
+  dataTime?: number;
+  /** Repositories with a layer link to the blob, and when each was written. */
+  links: { repo: string; time: number }[];
+  marker?: GcMarker;
+  markerTime?: number;
+}
+
+/** Storage requests in flight at once (S3 answers each in milliseconds, one at a time is slow). */
+const PARALLEL = 16;
+
+type Plan =
+  | { kind: 'hide'; facts: BlobFacts }
+  | { kind: 'delete'; facts: BlobFacts }
+  | { kind: 'restore'; facts: BlobFacts }
+  | { kind: 'drop-marker'; facts: BlobFacts };
+
+async function collectOnline(driver: StorageDriver, options: GarbageCollectOptions, graceMs: number): Promise<GarbageCollectResult> {
+  if (options.deleteUntagged) {
+    throw new Error('--delete-untagged cannot be combined with --online: run it offline, with every registry stopped');
+  }
+  if (!(graceMs > 0)) throw new Error('online collection needs a grace period above zero');
+  const say = options.progress ?? (() => undefined);
+  const tick = options.onProgress ?? (() => undefined);
+  const dryRun = options.dryRun ?? false;
+  const now = options.now ?? new Date();
+  // A time read from storage is older than the grace period when it is at most `cutoff`.
+  const cutoff = now.getTime() - graceMs - TIME_SLACK_MS;
+  // No caches: registries write while this runs, and every decision reads storage.
+  const links = new LinkStore(driver, 0);
+  const blobs = new BlobStore(driver, { presenceTtlMs: 0, contentCacheBytes: 16 * 1024 * 1024 });
+  const result = emptyResult();
+
+  // ---- mark: every revision of every repository, as offline
+  const marked = new Set<string>();
+  const children = new Set<string>();
+  const seen = new Set<string>();
+  const markRepository = async (repo: string): Promise<number> => {
+    const revisions = await revisionDigests(driver, links, blobs, repo);
+    const inRepo = new Set(revisions.map((d) => d.value));
+    let found = 0;
+    for (const digest of revisions) {
+      if (seen.has(`${repo}@${digest.value}`)) continue;
+      seen.add(`${repo}@${digest.value}`);
+      found++;
+      await markManifest(blobs, repo, digest, inRepo, marked, children, true);
+    }
+    return found;
+  };
+  const repositories = await repositoryNames(driver);
+  result.repositories = repositories.length;
+  let marking = 0;
+  await inPool(repositories, PARALLEL, async (repo) => {
+    result.manifestsMarked += await markRepository(repo);
+    tick({ phase: 'mark', done: ++marking, total: repositories.length, bytes: 0 });
+  });
+  result.blobsMarked = marked.size;
+  say(`mark: ${result.repositories} repositories, ${result.manifestsMarked} manifests marked, ${result.blobsMarked} blobs marked`);
+
+  // ---- scan: the unmarked blobs and the markers earlier runs left, with their links.
+  // Bytes a crashed run left parked go back first (and are judged again below).
+  if (!dryRun) await unparkAll(driver, true);
+  const facts = new Map<string, BlobFacts>();
+  const stored = await storedBlobs(driver);
+  let unreferencedBytes = 0;
+  let scanned = 0;
+  await inPool(stored, PARALLEL, async (digest) => {
+    if (++scanned % 64 === 0) tick({ phase: 'scan', done: scanned, total: stored.length, bytes: unreferencedBytes });
+    if (marked.has(digest.value)) return;
+    const info = await statOrUndefined(driver, blobData(digest));
+    if (!info) return;
+    unreferencedBytes += info.size;
+    facts.set(digest.value, { digest, size: info.size, dataTime: info.modTime.getTime(), links: [] });
+  });
+  tick({ phase: 'scan', done: stored.length, total: stored.length, bytes: unreferencedBytes });
+  const unreferenced = facts.size;
+  let markerCount = 0;
+  for (const digest of await markerDigests(driver)) {
+    const marker = await readGcMarker(driver, digest);
+    const info = await statOrUndefined(driver, gcMarkerPath(digest));
+    if (!marker || !info) continue;
+    markerCount++;
+    let entry = facts.get(digest.value);
+    if (!entry) {
+      const data = await statOrUndefined(driver, blobData(digest));
+      entry = { digest, size: data?.size, dataTime: data?.modTime.getTime(), links: [] };
+      facts.set(digest.value, entry);
+    }
+    entry.marker = marker;
+    entry.markerTime = info.modTime.getTime();
+  }
+  await scanLayerLinks(driver, facts);
+  say(
+    `scan: ${stored.length} blobs stored, ${unreferenced} unreferenced (${formatBytes(unreferencedBytes)}), ` +
+      `${markerCount} hidden or in progress from earlier runs`,
+  );
+
+  // ---- re-mark: manifests pushed since the mark started keep their blobs
+  const before = marked.size;
+  await inPool(await repositoryNames(driver), PARALLEL, async (repo) => {
+    result.manifestsRemarked += await markRepository(repo);
+  });
+  result.blobsMarked = marked.size;
+  say(`re-mark: ${result.manifestsRemarked} manifests pushed meanwhile, ${marked.size - before} more blobs marked`);
+
+  // ---- decide
+  const plans: Plan[] = [];
+  let waitingBytes = 0;
+  for (const f of facts.values()) {
+    const m = f.marker;
+    if (!m) {
+      if (marked.has(f.digest.value) || f.dataTime === undefined) continue;
+      if (f.dataTime > cutoff || f.links.some((l) => l.time > cutoff)) result.blobsRecent++;
+      else plans.push({ kind: 'hide', facts: f });
+      continue;
+    }
+    // Another collector's step in progress: not ours to judge.
+    if (isBusy(m) && f.markerTime! > Date.now() - GC_WAIT_MS) continue;
+    if (f.dataTime === undefined) plans.push({ kind: 'drop-marker', facts: f });
+    else if (marked.has(f.digest.value) || isBusy(m) || f.links.length > 0 || f.dataTime >= f.markerTime!) {
+      plans.push({ kind: 'restore', facts: f });
+    } else if (f.markerTime! > cutoff) {
+      result.blobsWaiting++;
+      waitingBytes += f.size ?? 0;
+    } else plans.push({ kind: 'delete', facts: f });
+  }
+
+  // ---- act: at most a few blobs at a time, each with its own handshake
+  let done = 0;
+  const failures: string[] = [];
+  const act = async (plan: Plan): Promise<void> => {
+    const f = plan.facts;
+    let outcome: Outcome;
+    try {
+      outcome = dryRun
+        ? plan.kind === 'delete' ? 'deleted' : plan.kind === 'hide' ? 'hidden' : 'restored'
+        : await carryOut(driver, links, plan, graceMs, options.rootDirectory);
+    } catch (err) {
+      // The blob stays as it is (a busy marker left behind is settled by the next run).
+      failures.push(`${f.digest.value} (${plan.kind}): ${(err as Error).message}`);
+      say(`${f.digest.value}: ${plan.kind} failed: ${(err as Error).message}`);
+      outcome = 'gone';
+    }
+    if (outcome === 'hidden') {
+      result.blobsHidden++;
+      result.bytesHidden += f.size ?? 0;
+    } else if (outcome === 'deleted') {
+      result.blobsDeleted++;
+      result.bytesFreed += f.size ?? 0;
+    } else if (outcome === 'restored' && plan.kind !== 'drop-marker') result.blobsRestored++;
+    done++;
+    tick({ phase: 'sweep', done, total: plans.length, bytes: result.bytesHidden + result.bytesFreed });
+  };
+  await inPool(plans, PARALLEL, act);
+  const verb = dryRun ? 'would be ' : '';
+  say(
+    `sweep${dryRun ? ' (dry run)' : ''}: ${result.blobsDeleted} blobs ${verb}deleted (${formatBytes(result.bytesFreed)}), ` +
+      `${result.blobsHidden} ${verb}hidden (${formatBytes(result.bytesHidden)}), ${result.blobsRestored} ${verb}restored, ` +
+      `${result.blobsRecent} used within the grace period, ${result.blobsWaiting} hidden and waiting for it (${formatBytes(waitingBytes)})`,
+  );
+  if (failures.length > 0) throw new Error(`${failures.length} blob(s) could not be collected; first: ${failures[0]}`);
+  await sweepLeftovers(driver, options, now, result);
   return result;
 }
 
-/** Repositories as Distribution's walk finds them: directories holding `_manifests`, nested ones too. */
-async function repositoryNames(driver: StorageDriver): Promise<string[]> {
+type Outcome = 'hidden' | 'deleted' | 'restored' | 'gone';
+
+/** One blob's step, with the handshake of gc-markers.ts. */
+async function carryOut(driver: StorageDriver, links: LinkStore, plan: Plan, graceMs: number, rootDirectory: string | undefined): Promise<Outcome> {
+  const f = plan.facts;
+  const d = f.digest;
+  if (plan.kind === 'drop-marker') {
+    await deleteIfPresent(driver, gcMarkerPath(d));
+    return 'restored';
+  }
+  if (plan.kind === 'restore') return restore(driver, links, d, f.marker!.repos);
+
+  const started = performance.now();
+  const inTime = (): boolean => performance.now() - started < GC_HOLD_MS;
+  if (plan.kind === 'hide') {
+    const repos = f.links.map((l) => l.repo);
+    const cycle = randomBytes(8).toString('hex');
+    await writeGcMarker(driver, d, { state: 'hiding', cycle, repos });
+    // Read after the marker is written: a push that missed the marker wrote its link before.
+    const fresh = Date.now() - graceMs - TIME_SLACK_MS;
+    for (const repo of repos) {
+      const link = await statOrUndefined(driver, layerLink(repo, d));
+      if (link && link.modTime.getTime() > fresh) return restore(driver, links, d, repos);
+    }
+    const data = await statOrUndefined(driver, blobData(d));
+    if (!data) {
+      await deleteIfPresent(driver, gcMarkerPath(d));
+      return 'gone';
+    }
+    if (data.modTime.getTime() > fresh) return restore(driver, links, d, repos);
+    for (const repo of repos) {
+      if (!inTime()) return restore(driver, links, d, repos);
+      await deleteIfPresent(driver, layerLink(repo, d));
+    }
+    await writeGcMarker(driver, d, { state: 'hidden', cycle, repos });
+    return 'hidden';
+  }
+
+  // delete: hidden at least a grace period ago
+  const hidden = f.marker!;
+  await writeGcMarker(driver, d, { state: 'deleting', cycle: hidden.cycle, repos: hidden.repos });
+  const linkedAgain = async (): Promise<boolean> => {
+    for (const repo of hidden.repos) if (await exists(driver, layerLink(repo, d))) return true;
+    return false;
+  };
+  if (await linkedAgain()) return restore(driver, links, d, hidden.repos);
+  const data = await statOrUndefined(driver, blobData(d));
+  if (!data) {
+    await deleteIfPresent(driver, gcMarkerPath(d));
+    return 'gone';
+  }
+  if (data.modTime.getTime() >= f.markerTime! || !inTime()) return restore(driver, links, d, hidden.repos);
+  // Park the bytes, let an upload that moved identical bytes in just before finish writing
+  // its link, look again: only then are they deleted.
+  await driver.move(blobData(d), gcTrashPath(d));
+  await new Promise((resolve) => setTimeout(resolve, GC_SETTLE_MS));
+  if (!inTime() || (await linkedAgain()) || (await exists(driver, blobData(d)))) return restore(driver, links, d, hidden.repos);
+  await deleteIfPresent(driver, gcTrashPath(d));
+  await deleteIfPresent(driver, gcMarkerPath(d));
+  if (rootDirectory !== undefined) await removeEmptyDirectory(rootDirectory, blobDir(d));
+  return 'deleted';
+}
+
+/** Undoes a hide: parked bytes and the links come back, then the marker goes. */
+async function restore(driver: StorageDriver, links: LinkStore, d: Digest, repos: string[]): Promise<Outcome> {
+  await unpark(driver, d);
+  if (await exists(driver, blobData(d))) {
+    for (const repo of repos) await links.write(layerLink(repo, d), d);
+  }
+  await deleteIfPresent(driver, gcMarkerPath(d));
+  return 'restored';
+}
+
+/** Puts back every parked blob; online, not those of a step another run has in progress. */
+async function unparkAll(driver: StorageDriver, online: boolean): Promise<void> {
+  for (const digest of await digestsUnder(driver, GC_TRASH)) {
+    if (online) {
+      const marker = await readGcMarker(driver, digest);
+      const info = marker && (await statOrUndefined(driver, gcMarkerPath(digest)));
+      if (marker && isBusy(marker) && info && info.modTime.getTime() > Date.now() - GC_WAIT_MS) continue;
+    }
+    await unpark(driver, digest);
+  }
+}
+
+/** Bytes parked in the trash go back to the blob, unless the blob has bytes again (the same ones). */
+async function unpark(driver: StorageDriver, d: Digest): Promise<void> {
+  if (!(await exists(driver, gcTrashPath(d)))) return;
+  if (await exists(driver, blobData(d))) await deleteIfPresent(driver, gcTrashPath(d));
+  else await driver.move(gcTrashPath(d), blobData(d));
+}
+
+/** rmdir: removes a directory only while it is empty, so never a file written meanwhile. */
+async function removeEmptyDirectory(rootDirectory: string, path: string): Promise<void> {
+  await rmdir(join(rootDirectory, ...path.split('/').filter(Boolean))).catch(() => undefined);
+}
+
+/** Fills in, for the blobs in `facts`, which repositories link them and when each link was written. */
+async function scanLayerLinks(driver: StorageDriver, facts: Map<string, BlobFacts>): Promise<void> {
+  if (facts.size === 0) return;
+  await inPool(await repositoryNames(driver, true), PARALLEL, async (repo) => {
+    for (const algDir of await listOrEmpty(driver, layersDir(repo))) {
+      for (const entry of await listOrEmpty(driver, algDir)) {
+        const f = facts.get(`${baseName(algDir)}:${baseName(entry)}`);
+        if (!f) continue;
+        const link = await statOrUndefined(driver, `${entry}/link`);
+        if (link) f.links.push({ repo, time: link.modTime.getTime() });
+      }
+    }
+  });
+}
+
+/** Digests that have a marker. */
+const markerDigests = (driver: StorageDriver): Promise<Digest[]> => digestsUnder(driver, GC_MARKERS);
+
+/** Digests named `<dir>/<alg>/<hex>`. */
+async function digestsUnder(driver: StorageDriver, dir: string): Promise<Digest[]> {
+  const found: Digest[] = [];
+  for (const algDir of await listOrEmpty(driver, dir)) {
+    for (const entry of await listOrEmpty(driver, algDir)) {
+      const value = `${baseName(algDir)}:${baseName(entry)}`;
+      if (isDigest(value)) found.push(parseDigest(value));
+    }
+  }
+  return found;
+}
+
+async function statOrUndefined(driver: StorageDriver, path: string): Promise<FileInfo | undefined> {
+  try {
+    return await driver.stat(path);
+  } catch (err) {
+    if (isPathNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+const exists = async (driver: StorageDriver, path: string): Promise<boolean> => (await statOrUndefined(driver, path)) !== undefined;
+
+/** Runs `fn` over `items`, `limit` at a time. */
+async function inPool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/**
+ * Repositories as Distribution's walk finds them: directories holding `_manifests`, nested
+ * ones too; with `withLayers`, also those holding only `_layers` (uploaded blobs).
+ */
+async function repositoryNames(driver: StorageDriver, withLayers = false): Promise<string[]> {
   const found: string[] = [];
   const walk = async (path: string, name: string): Promise<void> => {
     const children = await listOrEmpty(driver, path);
-    if (name && children.some((c) => baseName(c) === '_manifests')) found.push(name);
+    const isRepo = (c: string): boolean => baseName(c) === '_manifests' || (withLayers && baseName(c) === '_layers');
+    if (name && children.some(isRepo)) found.push(name);
     for (const child of children.sort()) {
       const base = baseName(child);
       if (!base.startsWith('_')) await walk(child, name ? `${name}/${base}` : base);
@@ -236,10 +684,15 @@ async function markManifest(
   inRepo: Set<string>,
   marked: Set<string>,
   children: Set<string>,
+  online = false,
 ): Promise<void> {
   marked.add(digest.value);
   const content = await blobs.read(digest);
-  if (!content) throw new Error(`${repo}: manifest ${digest.value} disappeared while marking`);
+  if (!content) {
+    // Online, a manifest deleted through the API while marking is simply gone.
+    if (online) return;
+    throw new Error(`${repo}: manifest ${digest.value} disappeared while marking`);
+  }
   const refs = manifestReferences(content, `${repo}@${digest.value}`);
   for (const ref of refs.blobs) marked.add(ref);
   for (const child of refs.children) {
@@ -249,7 +702,7 @@ async function markManifest(
       continue;
     }
     children.add(key);
-    await markManifest(blobs, repo, parseDigest(child), inRepo, marked, children);
+    await markManifest(blobs, repo, parseDigest(child), inRepo, marked, children, online);
   }
 }
 
@@ -297,7 +750,8 @@ async function storedBlobs(driver: StorageDriver): Promise<Digest[]> {
   const found: Digest[] = [];
   for (const algDir of await listOrEmpty(driver, BLOBS)) {
     const algorithm = baseName(algDir);
-    for (const prefixDir of await listOrEmpty(driver, algDir)) {
+    // The 256 prefix directories are listed a few at a time (S3: one request each).
+    await inPool(await listOrEmpty(driver, algDir), PARALLEL, async (prefixDir) => {
       for (const blobDir of await listOrEmpty(driver, prefixDir)) {
         const value = `${algorithm}:${baseName(blobDir)}`;
         if (!isDigest(value)) continue; // nothing wharf or Distribution writes
@@ -305,9 +759,9 @@ async function storedBlobs(driver: StorageDriver): Promise<Digest[]> {
         if (digest.hex.slice(0, 2) !== baseName(prefixDir)) continue;
         found.push(digest);
       }
-    }
+    });
   }
-  return found;
+  return found.sort((a, b) => (a.value < b.value ? -1 : a.value > b.value ? 1 : 0));
 }
 
 /** Removes `_referrers` entries whose manifest revision is gone or being deleted; returns how many. */

@@ -10,6 +10,7 @@ import { BlobStore } from './blob-store.js';
 import { baseName, LinkStore, listOrEmpty } from './link-store.js';
 import { ManifestStore } from './manifest-store.js';
 import { UploadStore } from './upload-store.js';
+import { holdAgainstGc } from './gc-markers.js';
 import { blobData, layerDir, layerLink, referrersDir, repoDir, REPOSITORIES, revisionLink } from './paths.js';
 import type {
   BlobInfo,
@@ -132,9 +133,15 @@ export class LocalRepository implements Repository {
           assertRepositoryName(from);
           if (!(await links.read(layerLink(from, digest), { fresh: true }))) return undefined;
         }
+        if ((await blobStore.stored(digest)) === undefined) return undefined;
+        // The link goes in under online garbage collection's handshake (gc-markers.ts); if the
+        // collector deleted the blob meanwhile, the client uploads it instead.
+        await holdAgainstGc(driver, digest, () => links.write(layerLink(name, digest), digest));
         const size = await blobStore.stored(digest);
-        if (size === undefined) return undefined;
-        await links.write(layerLink(name, digest), digest);
+        if (size === undefined) {
+          await links.remove(layerDir(name, digest)).catch(() => undefined);
+          return undefined;
+        }
         return { digest, size };
       },
       redirectUrl: async (digest, expiresInSeconds) => driver.redirectUrl?.(blobData(digest), { expiresInSeconds }),

@@ -5,6 +5,12 @@
 // Order of writes on PUT (each step atomic): blob bytes -> revision link -> referrer
 // link -> tag index link -> tag current link. A crash between steps leaves at worst an
 // unreferenced blob or an untagged revision, never a tag pointing at missing content.
+//
+// Online garbage collection may run meanwhile (gc-markers.ts). Before the reference check
+// reads a blob, the PUT re-writes the repository's layer link of it (a link the collector
+// hid is restored, for the repositories that had one), and it writes its own bytes before
+// it reads their marker: the collector, which writes its marker before it reads links and
+// modification times, then either sees the PUT or the PUT waits for its decision.
 import { LRUCache } from 'lru-cache';
 import type { StorageDriver } from './driver.js';
 import { digestOf, isDigest, parseDigest, type Digest } from './digest.js';
@@ -14,6 +20,7 @@ import { assertTag, isValidTag } from './names.js';
 import { MAX_MANIFEST_BYTES, parseManifest, parseStoredManifest, type ParsedManifest } from './manifest.js';
 import type { BlobStore } from './blob-store.js';
 import { baseName, listOrEmpty, type LinkStore } from './link-store.js';
+import { holdAgainstGc, readGcMarker } from './gc-markers.js';
 import { layerLink, referrerEntry, referrerLink, revisionDir, revisionLink, tagCurrentLink, tagDir, tagIndexLink, tagsDir } from './paths.js';
 import type { ManifestContent, PutManifestResult } from './repository.js';
 
@@ -77,7 +84,7 @@ export class ManifestStore {
     byDigest: Digest | undefined,
   ): Promise<PutManifestResult> {
     await this.verifyReferences(repo, manifest);
-    await this.blobs.put(content, digest);
+    await this.putBytes(content, digest);
     this.parsed.set(digest.value, manifest);
     await this.links.write(revisionLink(repo, digest), digest);
     const subject = manifest.subject ? parseDigest(manifest.subject.digest) : undefined;
@@ -97,7 +104,7 @@ export class ManifestStore {
   async putUnchecked(repo: string, content: Buffer, digest: Digest): Promise<ParsedManifest> {
     const manifest = parseStoredManifest(content);
     await this.locks.run(repo, async () => {
-      await this.blobs.put(content, digest);
+      await this.putBytes(content, digest);
       this.parsed.set(digest.value, manifest);
       await this.links.write(revisionLink(repo, digest), digest);
       const subject = manifest.subject ? parseDigest(manifest.subject.digest) : undefined;
@@ -155,6 +162,32 @@ export class ManifestStore {
   }
 
   /**
+   * Writes a manifest's bytes, then makes sure a collector deleting the same (until now
+   * unreferenced) digest either saw them or finished before they were written.
+   */
+  private async putBytes(content: Buffer, digest: Digest): Promise<void> {
+    await holdAgainstGc(this.driver, digest, async () => {
+      await this.blobs.put(content, digest);
+    });
+  }
+
+  /**
+   * Whether a blob the manifest references is in the repository, asked of storage. Its
+   * layer link is written again first (see the header): a link online garbage collection
+   * hid from this repository is restored, one it is about to hide is seen by it.
+   */
+  private async claimLayer(repo: string, d: Digest): Promise<boolean> {
+    const link = layerLink(repo, d);
+    if (!(await this.links.read(link, { fresh: true }))) {
+      // Not linked: only a blob the collector hid from this very repository may come back.
+      const marker = await readGcMarker(this.driver, d);
+      if (!marker?.repos.includes(repo)) return false;
+    }
+    await holdAgainstGc(this.driver, d, () => this.links.write(link, d));
+    return (await this.blobs.stored(d)) !== undefined;
+  }
+
+  /**
    * Every blob and child manifest must be in the repository now: asked of storage, never
    * of a cache, since accepting the manifest acknowledges that it can be pulled whole.
    */
@@ -164,7 +197,7 @@ export class ManifestStore {
       Boolean(await this.links.read(link, { fresh: true })) && (await this.blobs.stored(d)) !== undefined;
     await Promise.all([
       ...manifest.blobs.map(async (d) => {
-        if (!(await present(layerLink(repo, d), d))) missing.push(d.value);
+        if (!(await this.claimLayer(repo, d))) missing.push(d.value);
       }),
       ...manifest.children.map(async (child) => {
         const d = parseDigest(child.digest);

@@ -16,6 +16,7 @@ import { isPathNotFound, StorageUnavailableError, type StorageDriver } from './d
 import { newHash, type Digest, type DigestAlgorithm } from './digest.js';
 import { RegistryError } from './errors.js';
 import { KeyedMutex } from './keyed-mutex.js';
+import { holdAgainstGc } from './gc-markers.js';
 import type { BlobStore } from './blob-store.js';
 import type { LinkStore } from './link-store.js';
 import { layerLink, uploadData, uploadDir, uploadStartedAt } from './paths.js';
@@ -92,7 +93,12 @@ export class UploadStore {
         });
       }
       await this.blobs.ingest(uploadData(repo, id), digest, size);
-      await this.links.write(layerLink(repo, digest), digest);
+      // Online garbage collection may be deleting this digest (until now unreferenced) right
+      // now: the link written under its handshake is either seen by it, or it finished first.
+      await holdAgainstGc(this.driver, digest, () => this.links.write(layerLink(repo, digest), digest));
+      if ((await this.blobs.stored(digest)) === undefined) {
+        throw new RegistryError('BLOB_UPLOAD_INVALID', 'the blob was garbage-collected while the upload completed; upload it again');
+      }
       await this.remove(repo, id);
       return { digest, size };
     });
