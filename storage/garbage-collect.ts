@@ -62,11 +62,10 @@
 // linkttl, is accepted; a manifest is never accepted whose blob is then deleted. Times read
 // from storage count as up to a second later than stored (S3 keeps whole seconds).
 //
-// Not covered: a Distribution writing to the same storage (its PUTs re-write no links), and an
-// upload or mount of a digest, into a repository that never linked it, completing within the
-// milliseconds between the collector's last check of that blob and its parking (acknowledged,
-// then its manifest is refused with MANIFEST_BLOB_UNKNOWN; closing it needs upload completion
-// and mount to take part in the handshake: holdAgainstGc before they move bytes in / answer).
+// Upload completion and mounts write their link under the same handshake and check the bytes
+// after it: one that loses the race is refused (the client uploads again), never acknowledged
+// for a blob about to go. Not covered: a Distribution writing to the same storage (its PUTs
+// re-write no links).
 // --delete-untagged is refused online: deleting a revision races with a push tagging it or an
 // index referencing it, and revisions have no hide step. `_referrers` entries of deleted
 // manifests are left to offline runs (the referrers API skips them). One online collector at a

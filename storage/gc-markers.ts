@@ -29,8 +29,8 @@
 //   them; no marker and no data means the blob was deleted: the push fails cleanly with
 //   MANIFEST_BLOB_UNKNOWN, which only a client that held on to a HEAD answer for longer
 //   than the grace period (minus linkttl) can meet.
-// Upload completion and mounts could take part the same way (holdAgainstGc around the link
-// write, before the bytes move in); today they do not, see garbage-collect.ts.
+// Upload completion and mounts take part the same way: their link is written under
+// holdAgainstGc, and they check the bytes afterwards (upload-store.ts, local-registry.ts).
 import { isPathNotFound, type StorageDriver } from './driver.js';
 import type { Digest } from './digest.js';
 import { ROOT } from './paths.js';
