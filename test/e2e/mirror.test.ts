@@ -17,7 +17,7 @@ import { LocalRegistry } from '../../storage/local-registry.js';
 import { MirrorRegistry } from '../../mirror/mirror-registry.js';
 import { UpstreamClient } from '../../mirror/upstream-client.js';
 import { startServer, type TestServer } from '../support/server.js';
-import { tempDir } from '../support/processes.js';
+import { tempDir, waitFor } from '../support/processes.js';
 import { makeTokenSigner, pushImage, startTokenServer, writeHtpasswd, type PushedImage } from '../support/upstream-fixtures.js';
 import { requireTool } from '../support/tools.js';
 
@@ -371,6 +371,9 @@ describe.skipIf(!available)('pull-through mirror (Distribution 2.8 upstream behi
       expect(registry.cacheLimit!.counters.evictedManifests).toBe(0);
       await pullVia(images[0]!); // image 0 is now the most recently pulled
       await pullVia(images[2]!); // over the limit: image 1 goes
+      // The download's bookkeeping (which starts the eviction) may land just after the client
+      // read the last byte, later still on a busy machine: wait for it, then for the eviction.
+      await waitFor(() => registry.cacheLimit!.counters.evictedManifests > 0, { timeoutMs: 10_000, intervalMs: 20, what: 'the eviction to start' });
       await registry.cacheLimit!.settle();
       expect(registry.cacheLimit!.counters.evictedManifests).toBe(1);
       expect(registry.cacheLimit!.bytes).toBeLessThanOrEqual(limit);
