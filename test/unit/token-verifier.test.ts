@@ -10,7 +10,7 @@ import * as jose from 'jose';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { Access } from '../../auth/access.js';
 import {
-  jwkThumbprint, libtrustKeyId, missingAccess, TokenInvalidError, TokenVerifier, type TokenVerifierOptions, type VerifiedToken,
+  grantsAll, jwkThumbprint, libtrustKeyId, missingAccess, TokenInvalidError, TokenVerifier, type TokenVerifierOptions, type VerifiedToken,
 } from '../../auth/token-verifier.js';
 
 // Count signature verifications: jwtVerify passes through, spied.
@@ -310,6 +310,33 @@ describe('configuration', () => {
 describe('missingAccess', () => {
   const token = (access: Access[]): VerifiedToken => ({ subject: 'alice', access, expiresAt: Date.now() + 60_000 });
 
+  it('grantsAll answers as missingAccess does, for every combination here', () => {
+    const entries: Access[] = [
+      pull('a'),
+      { type: 'repository', name: 'b', actions: ['*'] },
+      { type: 'repository', name: 'c', actions: ['pull'] },
+      { type: 'repository', name: 'c', actions: ['push'] },
+      { type: 'registry', name: 'catalog', actions: ['*'] },
+      { type: 'repository', name: 'd', actions: [] },
+    ];
+    const names = ['a', 'b', 'c', 'd', 'e', 'catalog'];
+    const actionSets = [[], ['pull'], ['push'], ['pull', 'push'], ['delete'], ['*'], ['pull', 'delete']];
+    const tokens = [token([]), token(entries), token(entries.slice(2, 4)), token(entries.slice(1, 2))];
+    for (const t of tokens) {
+      for (const type of ['repository', 'registry'] as const) {
+        for (const name of names) {
+          for (const actions of actionSets) {
+            const wanted: Access[] = [{ type, name, actions }];
+            expect(grantsAll(t, wanted), JSON.stringify({ t: t.access, wanted })).toBe(missingAccess(t, wanted).length === 0);
+            const two: Access[] = [...wanted, pull('a')];
+            expect(grantsAll(t, two)).toBe(missingAccess(t, two).length === 0);
+          }
+        }
+      }
+      expect(grantsAll(t, [])).toBe(true);
+    }
+  });
+
   it('grants only the named repository and actions', () => {
     const t = token([pull('a')]);
     expect(missingAccess(t, [pull('a')])).toEqual([]);
@@ -353,6 +380,28 @@ describe('cache', () => {
     await v.verify(token);
     clock += 60_000;
     await refused(v, token);
+    await refused(v, token);
+  });
+
+  it('cached() answers only for the exact token verified, and checks its expiry every time', async () => {
+    let clock = Date.now();
+    const v = verifier({ now: () => clock });
+    const token = await sign(claims({ exp: Math.floor(clock / 1000) + 120 }), key.self!, { alg: 'ES256', kid: libtrustKeyId(key.self!) });
+    expect(v.cached(token)).toBeUndefined(); // not verified yet
+    const verified = await v.verify(token);
+    expect(v.cached(token)).toBe(verified);
+    // A copy of the string is the same token; anything else is not, however close.
+    expect(v.cached(`${token} `.trimEnd())).toBe(verified);
+    expect(v.cached(`${token} `)).toBeUndefined();
+    expect(v.cached(token.slice(0, -1))).toBeUndefined();
+    const [header, , signature] = token.split('.');
+    const forged = `${header}.${b64url(claims({ sub: 'mallory', exp: Math.floor(clock / 1000) + 120 }))}.${signature}`;
+    expect(v.cached(forged)).toBeUndefined();
+    await refused(v, forged); // same signature, other payload: verified, and refused
+    expect(v.cached(forged)).toBeUndefined();
+    clock += 181_000; // past exp + leeway
+    expect(() => v.cached(token)).toThrow(TokenInvalidError);
+    expect(v.cached(token)).toBeUndefined(); // dropped: verify would check it from scratch (and refuse it)
     await refused(v, token);
   });
 });
