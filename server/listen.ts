@@ -62,15 +62,15 @@ export async function startRegistryServer(
   logger: Logger = createLogger(config.log.level, config.log.fields),
 ): Promise<RunningServer> {
   for (const { key, reason } of config.ignoredKeys) logger.warn({ key, reason }, 'configuration key ignored');
-  const driver = await createStorageDriver(config.storage, { logger });
+  const debug = config.http.debug;
+  const metrics = debug?.prometheus.enabled ? new Metrics({ httpPrefix: config.http.prefix }) : undefined;
+  const driver = await createStorageDriver(config.storage, { logger, observer: metrics?.storageObserver(config.storage.driver) });
   const registry = new LocalRegistry(driver, {
     deleteEnabled: config.storage.delete.enabled,
     linkCacheTtlMs: config.storage.cache.linkttl,
   });
   const mirror = config.proxy ? createMirror(registry, config.proxy, logger) : undefined;
   const auth = await setupAuth(config.auth, logger);
-  const debug = config.http.debug;
-  const metrics = debug?.prometheus.enabled ? new Metrics({ httpPrefix: config.http.prefix }) : undefined;
   if (metrics && mirror) metrics.watchMirror(mirror);
   const checks = config.health.storagedriver;
   // Only the debug address reports the check: without it, nothing would read it.

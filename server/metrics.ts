@@ -12,6 +12,8 @@ import type { IncomingMessage } from 'node:http';
 import type { Context, Middleware, Next } from 'koa';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AccessDecision } from '../auth/access.js';
+import { PathNotFoundError, StorageUnavailableError } from '../storage/driver.js';
+import type { DriverObserver } from '../storage/observed-driver.js';
 import type { Mirror } from './mirror-setup.js';
 
 export const ROUTES = ['base', 'blob', 'upload', 'manifest', 'tags', 'catalog', 'referrers', 'token', 'other'] as const;
@@ -24,6 +26,30 @@ export const METHODS = ['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTION
 export const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 
 export const AUTH_OUTCOMES = ['allowed', 'unauthorized', 'denied', 'toomanyrequests'] as const;
+
+/**
+ * How a storage call ended: `notfound` is an answer (the path does not exist), `unavailable`
+ * the backend failing (the 503 case), `error` anything else (a bug, a bad argument).
+ */
+export const STORAGE_RESULTS = ['ok', 'notfound', 'unavailable', 'error'] as const;
+
+/** Seconds; storage calls range from a cached stat on a local disk to a multi-GiB S3 copy. */
+export const STORAGE_BUCKETS = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60];
+
+/** One storage driver method's numbers. */
+class StorageSlot {
+  readonly results = new Float64Array(STORAGE_RESULTS.length);
+  readonly buckets = new Float64Array(STORAGE_BUCKETS.length);
+  count = 0;
+  sum = 0;
+}
+
+function storageResult(error: unknown): number {
+  if (error === undefined) return 0;
+  if (error instanceof PathNotFoundError) return 1;
+  if (error instanceof StorageUnavailableError) return 2;
+  return 3;
+}
 
 function methodIndex(method: string): number {
   switch (method) {
@@ -95,43 +121,53 @@ interface MetricValue {
   metricName?: string;
 }
 
-type HistogramValues = Awaited<ReturnType<Histogram<'route' | 'method'>['get']>>;
+/** Bucket counts (not cumulative), their total and sum: one labelled series of a histogram. */
+interface BucketCounts {
+  readonly buckets: Float64Array;
+  readonly count: number;
+  readonly sum: number;
+}
 
-/** A histogram whose numbers live in `Slot`s; prom-client only formats them at scrape time. */
-class SlotHistogram extends Histogram<'route' | 'method'> {
+type TableHistogramValues = Awaited<ReturnType<Histogram<string>['get']>>;
+
+/**
+ * A histogram whose numbers live in plain tables (Slot, StorageSlot) the request path adds
+ * to; prom-client only formats them at scrape time. `series` lists each labelled series.
+ */
+class TableHistogram extends Histogram<string> {
   constructor(
     private readonly metricName: string,
     private readonly metricHelp: string,
+    labelNames: string[],
+    private readonly bucketBounds: number[],
     registry: Registry,
-    private readonly slots: Slot[],
+    private readonly series: () => Iterable<[Record<string, string>, BucketCounts]>,
   ) {
-    super({ name: metricName, help: metricHelp, labelNames: ['route', 'method'], buckets: DURATION_BUCKETS, registers: [registry] });
+    super({ name: metricName, help: metricHelp, labelNames, buckets: bucketBounds, registers: [registry] });
   }
 
   /** The registry formats this (rather than get()) for the exposition text. */
-  getForPromString(): Promise<HistogramValues> {
+  getForPromString(): Promise<TableHistogramValues> {
     return this.get();
   }
 
-  /** What the registry formats: the buckets, sum and count of each route and method seen. */
-  override async get(): Promise<HistogramValues> {
+  /** What the registry formats: the buckets, sum and count of each series seen. */
+  override async get(): Promise<TableHistogramValues> {
     const values: MetricValue[] = [];
     const name = this.metricName;
-    this.slots.forEach((slot, i) => {
-      if (slot.count === 0) return;
-      const route = ROUTES[Math.floor(i / METHODS.length)]!;
-      const method = METHODS[i % METHODS.length]!;
+    for (const [labels, counts] of this.series()) {
+      if (counts.count === 0) continue;
       let cumulative = 0;
-      DURATION_BUCKETS.forEach((le, b) => {
-        cumulative += slot.buckets[b]!;
-        values.push({ labels: { route, method, le }, value: cumulative, metricName: `${name}_bucket` });
+      this.bucketBounds.forEach((le, b) => {
+        cumulative += counts.buckets[b]!;
+        values.push({ labels: { ...labels, le }, value: cumulative, metricName: `${name}_bucket` });
       });
-      values.push({ labels: { route, method, le: '+Inf' }, value: slot.count, metricName: `${name}_bucket` });
-      values.push({ labels: { route, method }, value: slot.sum, metricName: `${name}_sum` });
-      values.push({ labels: { route, method }, value: slot.count, metricName: `${name}_count` });
-    });
+      values.push({ labels: { ...labels, le: '+Inf' }, value: counts.count, metricName: `${name}_bucket` });
+      values.push({ labels, value: counts.sum, metricName: `${name}_sum` });
+      values.push({ labels, value: counts.count, metricName: `${name}_count` });
+    }
     // `le` is a label prom-client's types do not list for a histogram's values.
-    return { name, help: this.metricHelp, type: 'histogram', values, aggregator: 'sum' } as unknown as HistogramValues;
+    return { name, help: this.metricHelp, type: 'histogram', values, aggregator: 'sum' } as unknown as TableHistogramValues;
   }
 }
 
@@ -153,6 +189,9 @@ export class Metrics {
   private readonly bytesOut = new Float64Array(ROUTES.length);
   private readonly unavailable = new Float64Array(ROUTES.length);
   private readonly auth = new Float64Array(AUTH_OUTCOMES.length);
+  /** Per driver method (a small fixed set: the StorageDriver interface's methods). */
+  private readonly storage = new Map<string, StorageSlot>();
+  private storageDriver = '';
 
   constructor(options: MetricsOptions = {}) {
     this.prefix = options.httpPrefix ?? '';
@@ -174,11 +213,15 @@ export class Metrics {
         });
       },
     });
-    new SlotHistogram(
+    new TableHistogram(
       'wharf_http_request_duration_seconds',
       'Time from the request to its answer (for bodies the handler sends itself, such as blob pulls from storage, until the last byte is handed to the socket)',
+      ['route', 'method'],
+      DURATION_BUCKETS,
       this.registry,
-      slots,
+      function* () {
+        for (let i = 0; i < slots.length; i++) yield [{ route: ROUTES[Math.floor(i / METHODS.length)]!, method: METHODS[i % METHODS.length]! }, slots[i]!];
+      },
     );
     const perRoute = (name: string, help: string, table: Float64Array): void => {
       new Counter({
@@ -211,7 +254,61 @@ export class Metrics {
         auth.forEach((n, i) => this.inc({ outcome: AUTH_OUTCOMES[i]! }, n));
       },
     });
+    this.registerStorageMetrics();
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /**
+   * What the storage driver wrapper (storage/observed-driver.ts) reports every call to: counted
+   * into plain numbers, like the request metrics. `driver` is the driver's name (a label).
+   */
+  storageObserver(driver: string): DriverObserver {
+    this.storageDriver = driver;
+    const slots = this.storage;
+    return {
+      operation(method: string, seconds: number, error?: unknown): void {
+        let slot = slots.get(method);
+        if (slot === undefined) slots.set(method, (slot = new StorageSlot()));
+        slot.results[storageResult(error)]!++;
+        slot.count++;
+        slot.sum += seconds;
+        for (let b = 0; b < STORAGE_BUCKETS.length; b++) {
+          if (seconds <= STORAGE_BUCKETS[b]!) {
+            slot.buckets[b]!++;
+            break;
+          }
+        }
+      },
+    };
+  }
+
+  private registerStorageMetrics(): void {
+    const slots = this.storage;
+    const driver = (): string => this.storageDriver;
+    new Counter({
+      name: 'wharf_storage_operations_total',
+      help: 'Storage driver calls, by driver, operation (driver method) and result: ok, notfound (the path does not exist), unavailable (the backend failing: requests answer 503), error',
+      labelNames: ['driver', 'operation', 'result'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [operation, slot] of slots) {
+          slot.results.forEach((n, i) => {
+            if (n > 0) this.inc({ driver: driver(), operation, result: STORAGE_RESULTS[i]! }, n);
+          });
+        }
+      },
+    });
+    new TableHistogram(
+      'wharf_storage_operation_duration_seconds',
+      'Time each storage driver call took (for reads, until the stream is open), by driver and operation',
+      ['driver', 'operation'],
+      STORAGE_BUCKETS,
+      this.registry,
+      function* () {
+        for (const [operation, slot] of slots) yield [{ driver: driver(), operation }, slot];
+      },
+    );
   }
 
   get contentType(): string {
@@ -231,20 +328,25 @@ export class Metrics {
     else this.auth[3]!++;
   }
 
-  /** Koa middleware, first in the chain: counts every request on the registry address. */
+  /**
+   * Koa middleware, first in the chain: counts every request on the registry address. It reads
+   * the request and response objects themselves (ctx.req, ctx.request, ctx.response), not
+   * through the context's generic delegating getters.
+   */
   middleware(): Middleware {
     return async (ctx: Context, next: Next): Promise<void> => {
       const started = process.hrtime.bigint();
       const req = ctx.req as CountedRequest;
-      const declared = req.headers['content-length'];
-      if ((declared !== undefined && declared !== '0') || req.headers['transfer-encoding'] !== undefined) countBody(req);
+      const headers = req.headers;
+      const declared = headers['content-length'];
+      if ((declared !== undefined && declared !== '0') || headers['transfer-encoding'] !== undefined) countBody(req);
       try {
         await next();
       } catch (err) {
         this.record(ctx, started, 500);
         throw err;
       }
-      const body: unknown = ctx.body;
+      const body: unknown = ctx.response.body;
       if (body !== null && typeof body === 'object' && typeof (body as { pipe?: unknown }).pipe === 'function' && ctx.respond !== false) {
         // Koa pipes this body after the middleware: count the request once it is over.
         ctx.res.once('close', () => this.record(ctx, started, ctx.res.statusCode));
@@ -256,8 +358,10 @@ export class Metrics {
 
   private record(ctx: Context, started: bigint, status: number): void {
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    const route = routeIndex(ctx.path, this.prefix);
-    const slot = this.slots[route * METHODS.length + methodIndex(ctx.method)]!;
+    const req = ctx.req as CountedRequest;
+    const method = req.method ?? '';
+    const route = routeIndex(ctx.request.path, this.prefix);
+    const slot = this.slots[route * METHODS.length + methodIndex(method)]!;
     slot.statuses.set(status, (slot.statuses.get(status) ?? 0) + 1);
     slot.count++;
     slot.sum += seconds;
@@ -267,11 +371,10 @@ export class Metrics {
         break;
       }
     }
-    const req = ctx.req as CountedRequest;
     const inBytes = req[BODY_BYTES];
     if (inBytes !== undefined && inBytes > 0) this.bytesIn[route]! += inBytes;
     if (status === 503) this.unavailable[route]!++;
-    if (ctx.method !== 'HEAD' && status !== 204 && status !== 304) {
+    if (method !== 'HEAD' && status !== 204 && status !== 304) {
       const length = responseLength(ctx);
       if (length > 0) this.bytesOut[route]! += length;
     }
@@ -350,6 +453,7 @@ export class Metrics {
     });
   }
 }
+
 
 /**
  * Counts the request's body bytes as Node's HTTP parser hands them over (bytes read, whether a

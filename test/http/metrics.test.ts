@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../server/config.js';
 import { startRegistryServer, type RunningServer } from '../../server/listen.js';
-import { routeName } from '../../server/metrics.js';
+import { Metrics, routeName } from '../../server/metrics.js';
 import { StorageHealth } from '../../server/health.js';
-import type { FileInfo, StorageDriver } from '../../storage/driver.js';
+import { PathNotFoundError, StorageUnavailableError, type FileInfo, type StorageDriver } from '../../storage/driver.js';
 import { randomBlob, RegistryClient, sha256 } from '../support/client.js';
 import { startServer, type TestServer } from '../support/server.js';
 
@@ -71,6 +71,10 @@ function value(samples: Samples, name: string, labels: Record<string, string> = 
   expect(found.length, `${name} ${JSON.stringify(labels)}`).toBeLessThanOrEqual(1);
   return found[0]?.value ?? 0;
 }
+
+/** The sum of every sample with this name and (at least) these labels. */
+const total = (samples: Samples, name: string, labels: Record<string, string> = {}): number =>
+  samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((sum, s) => sum + s.value, 0);
 
 const delta = (before: Samples, after: Samples, name: string, labels: Record<string, string> = {}): number =>
   value(after, name, labels) - value(before, name, labels);
@@ -173,6 +177,18 @@ describe('metrics on the debug address', () => {
     expect(value(after, 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
     expect(after.some((x) => x.name === 'nodejs_heap_size_used_bytes')).toBe(true);
     expect(value(after, 'wharf_storage_healthy')).toBe(1);
+
+    // Storage calls: the push wrote (writer, move, putContent), the pulls read, the missing
+    // manifest was a "notfound" answer; nothing failed. Every call is in the histogram too.
+    const ops = (labels: Record<string, string>): number => total(after, 'wharf_storage_operations_total', labels) - total(before, 'wharf_storage_operations_total', labels);
+    for (const operation of ['writer', 'move', 'putContent', 'getContent', 'reader', 'stat']) {
+      expect(ops({ driver: 'filesystem', operation, result: 'ok' }), operation).toBeGreaterThan(0);
+    }
+    expect(ops({ result: 'notfound' })).toBeGreaterThan(0);
+    expect(ops({ result: 'unavailable' }) + ops({ result: 'error' })).toBe(0);
+    expect(total(after, 'wharf_storage_operation_duration_seconds_count')).toBe(total(after, 'wharf_storage_operations_total'));
+    const writes = value(after, 'wharf_storage_operation_duration_seconds_count', { operation: 'writer' });
+    expect(value(after, 'wharf_storage_operation_duration_seconds_bucket', { operation: 'writer', le: '+Inf' })).toBe(writes);
   });
 
   it('serves health endpoints, and nothing else, on the debug address only', async () => {
@@ -328,6 +344,29 @@ describe('route names', () => {
     for (const [path, name] of cases) expect(routeName(path), path).toBe(name);
     expect(routeName('/reg/v2/a/manifests/x', '/reg')).toBe('manifest');
     expect(routeName('/v2/a/manifests/x', '/reg')).toBe('other');
+  });
+});
+
+describe('storage operation metrics', () => {
+  it('counts each driver call by operation and result, with its duration', async () => {
+    const metrics = new Metrics({ defaultMetrics: false });
+    const observer = metrics.storageObserver('s3');
+    observer.operation!('stat', 0.002);
+    observer.operation!('stat', 0.0004, new PathNotFoundError('/missing'));
+    observer.operation!('putContent', 0.3, new StorageUnavailableError('s3://bucket: ECONNREFUSED'));
+    observer.operation!('putContent', 120, new Error('a bug'));
+    const text = await metrics.metrics();
+    const line = (l: string): void => expect(text.split('\n'), l).toContain(l);
+    line('wharf_storage_operations_total{driver="s3",operation="stat",result="ok"} 1');
+    line('wharf_storage_operations_total{driver="s3",operation="stat",result="notfound"} 1');
+    line('wharf_storage_operations_total{driver="s3",operation="putContent",result="unavailable"} 1');
+    line('wharf_storage_operations_total{driver="s3",operation="putContent",result="error"} 1');
+    line('wharf_storage_operation_duration_seconds_bucket{driver="s3",operation="stat",le="0.0005"} 1');
+    line('wharf_storage_operation_duration_seconds_bucket{driver="s3",operation="stat",le="0.005"} 2');
+    line('wharf_storage_operation_duration_seconds_bucket{driver="s3",operation="putContent",le="60"} 1');
+    line('wharf_storage_operation_duration_seconds_bucket{driver="s3",operation="putContent",le="+Inf"} 2');
+    line('wharf_storage_operation_duration_seconds_sum{driver="s3",operation="putContent"} 120.3');
+    line('wharf_storage_operation_duration_seconds_count{driver="s3",operation="stat"} 2');
   });
 });
 
