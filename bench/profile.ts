@@ -1,13 +1,17 @@
 // npm run bench -- --profile DIR: runs wharf alone under `node --cpu-prof`, drives it
 // through the benchmark's phases, and prints per phase the functions with the most
 // self time (samples inside each phase's time window only; start-up is excluded).
+// The manifest GET is then profiled again in the bench's wharf variants (token auth,
+// metrics), each a second wharf process on the same data, under the same flags.
 import { readdir, readFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { BigBlob, SmallBlobs } from './data.js';
 import { agent } from './http.js';
 import { abHead, wrk } from './load.js';
 import { checkBlob, checkManifest, OCI_MANIFEST, pullVerified, pushChunked, pushImage, pushMonolithic, pushSmall } from './registry.js';
-import { REPO_ROOT, startServer } from './servers.js';
+import { REPO_ROOT, startServer, type RunningServer } from './servers.js';
+import { startTokenWharf } from './token-wharf.js';
+import { startMetricsWharf } from './metrics-wharf.js';
 import type { Options } from './run.js';
 
 interface CallFrame {
@@ -143,23 +147,29 @@ export function renderProfile(p: PhaseProfile): string {
 
 const nowUs = (): number => Number(process.hrtime.bigint() / 1000n);
 
+interface Profiled {
+  server: RunningServer;
+  windows: { phase: string; from: number; to: number }[];
+}
+
 export async function profileWharf(opts: Options, workDir: string): Promise<number> {
   const profileDir = opts.profile!;
   say(`profiling wharf; profiles go to ${profileDir}`);
   const blob = await BigBlob.create(join(workDir, 'big.bin'), opts.bigBytes);
   const small = new SmallBlobs(opts.smallBytes);
-  const server = await startServer('wharf', {
-    workDir,
+  const serverOptions = {
     log: { mode: opts.logMode },
     wharfEntry: opts.wharfEntry,
     wharfEnv: opts.wharfEnv,
     nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=200'],
-  });
-  const windows: { phase: string; from: number; to: number }[] = [];
-  const window = async (phase: string, fn: () => Promise<void>): Promise<void> => {
+  };
+  const server = await startServer('wharf', { workDir, ...serverOptions });
+  /** The servers profiled (each writes its own profile), and the phases measured on each. */
+  const profiled: Profiled[] = [{ server, windows: [] }];
+  const window = async (phase: string, fn: () => Promise<void>, on = profiled[0]!): Promise<void> => {
     const from = nowUs();
     await fn();
-    windows.push({ phase, from, to: nowUs() });
+    on.windows.push({ phase, from, to: nowUs() });
     say(`  ${phase}: ${((nowUs() - from) / 1e6).toFixed(1)} s`);
   };
   let before: string[] = [];
@@ -205,23 +215,46 @@ export async function profileWharf(opts: Options, workDir: string): Promise<numb
       const r = await abHead({ url: manifestUrl, connections: opts.connections, durationSeconds: opts.loadSeconds, headers: { Accept: OCI_MANIFEST }, csvPath: join(workDir, 'ab.csv') });
       say(`    ${r.reqPerSec.toFixed(0)} req/s under the profiler, p99 ${r.p99.toFixed(2)} ms`);
     });
+    // The same manifest GET in the variants, each after the same 1 s warm-up.
+    const token = await startTokenWharf(workDir, server.dataDir, serverOptions);
+    profiled.push({ server: token.server, windows: [] });
+    const metrics = await startMetricsWharf(workDir, server.dataDir, serverOptions);
+    profiled.push({ server: metrics.server, windows: [] });
+    const variants: { name: string; on: Profiled; headers: Record<string, string> }[] = [
+      { name: 'with a valid token', on: profiled[1]!, headers: { Accept: OCI_MANIFEST, Authorization: token.authorization } },
+      { name: 'with metrics', on: profiled[2]!, headers: { Accept: OCI_MANIFEST } },
+    ];
+    for (const { name, on, headers } of variants) {
+      const url = `${on.server.base}/v2/bench/app/manifests/latest`;
+      await checkManifest(on.server.base, 'bench/app', 'latest', image, headers.Authorization);
+      await wrk({ url, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: 1, headers });
+      const phase = `manifest GET by tag ${name} (${on.server.label}), wrk ${opts.loadSeconds} s`;
+      await window(phase, async () => {
+        const r = await wrk({ url, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.loadSeconds, headers });
+        say(`    ${r.reqPerSec.toFixed(0)} req/s under the profiler, p99 ${r.p99.toFixed(2)} ms`);
+      }, on);
+    }
   } finally {
     agent.destroy();
-    await server.stop(); // SIGTERM: wharf exits through process.exit, which writes the profile
+    // SIGTERM: wharf exits through process.exit, which writes the profile.
+    for (const { server: s } of profiled) await s.stop();
   }
-  // One profile per thread: CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile; thread 0 is the
-  // main thread (tsx's module loader runs on a worker thread of its own).
-  const created = (await readdir(profileDir)).filter(
-    (f) => f.endsWith('.cpuprofile') && !before.includes(f) && f.split('.')[4] === '0' && f.split('.')[3] === String(server.pid),
-  );
-  if (created.length !== 1) {
-    say(`expected one new main-thread .cpuprofile of pid ${server.pid} in ${profileDir}, found ${created.length}`);
-    return 1;
+  const out: string[] = [];
+  for (const { server: s, windows } of profiled) {
+    // One profile per thread: CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile; thread 0 is the
+    // main thread (tsx's module loader runs on a worker thread of its own).
+    const created = (await readdir(profileDir)).filter(
+      (f) => f.endsWith('.cpuprofile') && !before.includes(f) && f.split('.')[4] === '0' && f.split('.')[3] === String(s.pid),
+    );
+    if (created.length !== 1) {
+      say(`expected one new main-thread .cpuprofile of pid ${s.pid} (${s.label}) in ${profileDir}, found ${created.length}`);
+      return 1;
+    }
+    const path = join(profileDir, created[0]!);
+    const profile = JSON.parse(await readFile(path, 'utf8')) as CpuProfile;
+    out.push(`profile of ${s.label}: ${path}`, '');
+    for (const w of windows) out.push(renderProfile(analyse(profile, w.phase, w.from, w.to)), '');
   }
-  const path = join(profileDir, created[0]!);
-  const profile = JSON.parse(await readFile(path, 'utf8')) as CpuProfile;
-  const out: string[] = [`profile: ${path}`, ''];
-  for (const w of windows) out.push(renderProfile(analyse(profile, w.phase, w.from, w.to)), '');
   process.stdout.write(`${out.join('\n')}\n`);
   return 0;
 }

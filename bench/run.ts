@@ -18,6 +18,7 @@ import { distributionVersion, roundOrder, startServer, type RunningServer, type 
 import { median, Samples, spread } from './stats.js';
 import { profileWharf } from './profile.js';
 import { startTokenWharf, type TokenWharf } from './token-wharf.js';
+import { manifestGets, startMetricsWharf, type MetricsWharf } from './metrics-wharf.js';
 
 const MiB = 1 << 20;
 
@@ -34,6 +35,8 @@ export interface Options extends CommonOptions {
   profile?: string;
   wharfEntry?: string;
   wharfEnv: Record<string, string>;
+  /** Only the manifest GET figures (plain wharf, its variants, Distribution). */
+  onlyGet: boolean;
 }
 
 const USAGE = `npm run bench [-- options]
@@ -50,8 +53,11 @@ const USAGE = `npm run bench [-- options]
   --json PATH          also write the raw samples and summary as JSON to PATH
   --wharf-entry JS     start wharf from this script instead of bin/wharf.js (e.g. a tsc build's server/main.js)
   --wharf-env K=V      extra environment for wharf (repeatable), e.g. MALLOC_ARENA_MAX=2
+  --only get           only the manifest GET figures: wharf, wharf+token, wharf+metrics, Distribution
   --profile DIR        instead of comparing: run wharf under --cpu-prof for the push and manifest-GET
                        phases and print the top self-time functions (profiles kept in DIR)
+  --s3                 the S3 bench instead: wharf and Distribution on a Ceph RGW (npm run bench:s3;
+                       its own options: npm run bench:s3 -- --help)
 `;
 
 export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): Options {
@@ -70,6 +76,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     distributionCache: true,
     keep: false,
     wharfEnv: {},
+    onlyGet: false,
   };
   // Options given to npm instead of after `--` would be lost, so npmArgv says so.
   const explicit = parseArgs(npmArgv(argv, env, USAGE, 'bench'), opts, USAGE, (arg, value) => {
@@ -89,6 +96,12 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       case '--profile':
         opts.profile = value();
         return true;
+      case '--only': {
+        const what = value();
+        if (what !== 'get') throw new BenchError(`--only ${what}: only 'get' (the manifest GET figures) is known`);
+        opts.onlyGet = true;
+        return true;
+      }
       case '--wharf-entry':
         opts.wharfEntry = value();
         return true;
@@ -103,8 +116,10 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
         return false;
     }
   });
+  // Only the GET figures: the big blob is only the trivial server's file, never pushed.
+  if (opts.onlyGet && !explicit.has('--size')) opts.bigBytes = 16 * MiB;
   if (opts.quick) {
-    if (!explicit.has('--size')) opts.bigBytes = 256 * MiB;
+    if (!explicit.has('--size') && !opts.onlyGet) opts.bigBytes = 256 * MiB;
     if (!explicit.has('--rounds')) opts.rounds = 2;
     if (!explicit.has('--seconds')) {
       opts.loadSeconds = 2;
@@ -194,6 +209,8 @@ interface Context {
   garbage: Garbage;
   /** wharf with token auth on the same data, for the manifest GET with a token. */
   tokenWharf: TokenWharf;
+  /** wharf with Prometheus metrics on, on the same data, for the manifest GET with metrics. */
+  metricsWharf: MetricsWharf;
 }
 
 const KINDS: ServerKind[] = ['wharf', 'distribution'];
@@ -254,6 +271,57 @@ async function writeLimits(ctx: Context, round: number, tag: string): Promise<vo
   note(tag, 'limit: hash+write pipeline', 'node', `${hw.toFixed(0)} MB/s`);
 }
 
+/** A server of the manifest GET figure: the two registries and wharf's variants. */
+interface GetContestant {
+  /** Sample key: get-rps/<key>. */
+  key: 'wharf' | 'distribution' | 'wharf-token' | 'wharf-metrics';
+  server: RunningServer;
+  headers: Record<string, string>;
+  /** Phase name for the usage figures. */
+  phase: string;
+  figure: string;
+}
+
+function getContestants(ctx: Context): GetContestant[] {
+  const accept = { Accept: OCI_MANIFEST };
+  return [
+    { key: 'wharf-token', server: ctx.tokenWharf.server, headers: { ...accept, Authorization: ctx.tokenWharf.authorization }, phase: 'get-token', figure: 'manifest GET by tag, with token' },
+    { key: 'wharf', server: ctx.servers.wharf, headers: accept, phase: 'get', figure: 'manifest GET by tag' },
+    { key: 'wharf-metrics', server: ctx.metricsWharf.server, headers: accept, phase: 'get-metrics', figure: 'manifest GET by tag, metrics' },
+    { key: 'distribution', server: ctx.servers.distribution, headers: accept, phase: 'get', figure: 'manifest GET by tag' },
+  ];
+}
+
+/**
+ * Manifest GET by tag on every contestant: wharf+token, wharf, wharf+metrics, Distribution,
+ * reversed in odd rounds, so every server's mean position is the same and each variant runs
+ * next to the plain wharf. The variants' per-round ratios (variant / plain wharf of the same
+ * round) are recorded too: they cancel the drift between rounds that medians alone keep.
+ */
+async function manifestGetRound(ctx: Context, round: number, tag: string): Promise<void> {
+  const { opts, samples } = ctx;
+  const contestants = getContestants(ctx);
+  if (round % 2 === 1) contestants.reverse();
+  const rps = new Map<string, number>();
+  for (const c of contestants) {
+    await checkManifest(c.server.base, 'bench/app', 'latest', ctx.image, c.headers.Authorization);
+    const countedBefore = c.key === 'wharf-metrics' ? await manifestGets(ctx.metricsWharf.metricsUrl) : 0;
+    const { value, usage } = await phase(ctx, c.server, c.phase, () =>
+      wrk({ url: `${c.server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.loadSeconds, headers: c.headers }),
+    );
+    if (c.key === 'wharf-metrics') {
+      // The figure counts only if the metrics were really collected: every request wrk saw answered is counted.
+      const counted = (await manifestGets(ctx.metricsWharf.metricsUrl)) - countedBefore;
+      if (counted < value.requests) throw new BenchError(`wharf+metrics counted ${counted} manifest GETs, wrk completed ${value.requests}`);
+    }
+    rps.set(c.key, value.reqPerSec);
+    samples.add(`get-rps/${c.key}`, value.reqPerSec);
+    samples.add(`get-p99/${c.key}`, value.p99);
+    note(tag, c.figure, c.server.label, `${value.reqPerSec.toFixed(0)} req/s, p50 ${value.p50.toFixed(2)} ms, p99 ${value.p99.toFixed(2)} ms`, usage);
+  }
+  for (const variant of ['wharf-token', 'wharf-metrics']) samples.add(`get-ratio/${variant}`, rps.get(variant)! / rps.get('wharf')!);
+}
+
 async function runRound(ctx: Context, round: number): Promise<void> {
   const { opts, blob, samples, servers, trivial, garbage } = ctx;
   const order = roundOrder(round);
@@ -274,29 +342,24 @@ async function runRound(ctx: Context, round: number): Promise<void> {
   // First what writes (almost) nothing.
   // Manifest GET by tag (wrk) and HEAD by tag (ab), 64 keep-alive connections.
   for (const figure of ['get', 'head'] as const) {
-    for (const kind of order) {
-      const server = servers[kind];
-      await checkManifest(server.base, 'bench/app', 'latest', ctx.image);
-      const { value, usage } = await phase(ctx, server, figure, () => loadFigure(ctx, figure, server.base, MANIFEST_PATH, opts.loadSeconds));
-      samples.add(`${figure}-rps/${kind}`, value.reqPerSec);
-      samples.add(`${figure}-p99/${kind}`, value.p99);
-      note(tag, `manifest ${figure.toUpperCase()} by tag`, server.label, `${value.reqPerSec.toFixed(0)} req/s, p50 ${value.p50.toFixed(2)} ms, p99 ${value.p99.toFixed(2)} ms`, usage);
-    }
-    if (figure === 'get') {
-      // The same GET through token auth: a valid token on every request, as clients send it.
-      const { server, authorization } = ctx.tokenWharf;
-      const { value, usage } = await phase(ctx, server, 'get-token', () =>
-        wrk({ url: `${server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.loadSeconds, headers: { Accept: OCI_MANIFEST, Authorization: authorization } }),
-      );
-      samples.add('get-rps/wharf-token', value.reqPerSec);
-      note(tag, 'manifest GET by tag, with token', server.label, `${value.reqPerSec.toFixed(0)} req/s, p50 ${value.p50.toFixed(2)} ms, p99 ${value.p99.toFixed(2)} ms`, usage);
-    }
+    if (figure === 'get') await manifestGetRound(ctx, round, tag);
+    else if (!opts.onlyGet) {
+      for (const kind of order) {
+        const server = servers[kind];
+        await checkManifest(server.base, 'bench/app', 'latest', ctx.image);
+        const { value, usage } = await phase(ctx, server, figure, () => loadFigure(ctx, figure, server.base, MANIFEST_PATH, opts.loadSeconds));
+        samples.add(`${figure}-rps/${kind}`, value.reqPerSec);
+        samples.add(`${figure}-p99/${kind}`, value.p99);
+        note(tag, `manifest ${figure.toUpperCase()} by tag`, server.label, `${value.reqPerSec.toFixed(0)} req/s, p50 ${value.p50.toFixed(2)} ms, p99 ${value.p99.toFixed(2)} ms`, usage);
+      }
+    } else continue;
     if (!limits) continue;
     const limit = await loadFigure(ctx, figure, trivial.base, '/json', opts.loadSeconds);
     samples.add(`limit/${figure}-rps`, limit.reqPerSec);
     samples.add(`limit/${figure}-p99`, limit.p99);
     note(tag, `limit: node:http JSON ${figure.toUpperCase()}`, 'trivial', `${limit.reqPerSec.toFixed(0)} req/s, p50 ${limit.p50.toFixed(2)} ms, p99 ${limit.p99.toFixed(2)} ms`);
   }
+  if (opts.onlyGet) return;
   if (limits) {
     const sha = sha256Speed(opts.quick ? 256 * MiB : 768 * MiB);
     samples.add('limit/sha256', sha);
@@ -389,12 +452,16 @@ async function warmUp(ctx: Context): Promise<void> {
   const { opts, servers, trivial } = ctx;
   for (const kind of KINDS) {
     const server = servers[kind];
-    for (const d of (await pushSmallFor(server.base, ctx.small, opts.smallClients, opts.quick ? 0.5 : 1)).digests) ctx.garbage.blob(server, d);
+    if (!opts.onlyGet) for (const d of (await pushSmallFor(server.base, ctx.small, opts.smallClients, opts.quick ? 0.5 : 1)).digests) ctx.garbage.blob(server, d);
     // A fresh Node process answers its first seconds of load with a p99 of several hundred ms (JIT
     // warm-up: seen with a tsc build too); 3 s of GET load gets past it.
     await loadFigure(ctx, 'get', server.base, MANIFEST_PATH, opts.quick ? 1 : 3);
-    if (!opts.quick) await loadFigure(ctx, 'head', server.base, MANIFEST_PATH, 1);
+    if (!opts.quick && !opts.onlyGet) await loadFigure(ctx, 'head', server.base, MANIFEST_PATH, 1);
     server.truncateLog();
+  }
+  for (const c of getContestants(ctx).filter((c) => c.key === 'wharf-token' || c.key === 'wharf-metrics')) {
+    await wrk({ url: `${c.server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.quick ? 1 : 3, headers: c.headers });
+    c.server.truncateLog();
   }
   await loadFigure(ctx, 'get', trivial.base, '/json', 1);
   // The warm-up's blobs go with round 1's garbage: deleting them now would make round 1 wait for a cool-down.
@@ -431,23 +498,33 @@ function summarize(ctx: Context, idle: Record<'start' | 'end', Record<ServerKind
   const label = sizeLabel(blob.size);
   const mirror = 'see npm run bench:mirror (through a throttled link, against Distribution\'s proxy)';
 
+  const variant = (key: 'wharf-token' | 'wharf-metrics', figure: string, at: number, why: string): Row => ({
+    figure,
+    unit: 'req/s',
+    wharf: m(`get-rps/${key}`),
+    spread: spread(samples.get(`get-rps/${key}`)),
+    noRatio: true,
+    target: { text: `${(m(`get-rps/${key}`) / m('get-rps/wharf')).toFixed(2)}x of plain wharf, >= ${at}x (${why})`, met: m(`get-rps/${key}`) >= at * m('get-rps/wharf') },
+  });
+  const getRows: Row[] = [
+    { figure: `Manifest GET by tag, ${opts.connections} conns (wrk)`, unit: 'req/s', ...both('get-rps'), limit: m('limit/get-rps'), target: atLeast('get-rps', 5) },
+    { figure: 'Manifest GET by tag, p99', unit: 'ms', ...both('get-p99'), limit: m('limit/get-p99'), digits: 2, target: atMost('get-p99', 0.2) },
+    variant('wharf-token', 'Manifest GET by tag with a valid token (wharf+token)', 0.75, 'token cost'),
+    variant('wharf-metrics', 'Manifest GET by tag with metrics (wharf+metrics)', 0.95, 'metrics cost < 5%'),
+  ];
+  if (opts.onlyGet) {
+    const limits: LimitRow[] = [
+      { name: `node:http small JSON, wrk GET, ${opts.connections} conns (req/s limit)`, unit: 'req/s', value: m('limit/get-rps'), spread: spread(samples.get('limit/get-rps')), digits: 0 },
+    ];
+    const missed = getRows.filter((r) => !r.target!.met).map((r) => r.figure);
+    return { rows: getRows, limits, met: getRows.length - missed.length, total: getRows.length, missed };
+  }
   const rows: Row[] = [
     { figure: `Push ${label} monolithic (POST+PUT)`, unit: 'MB/s', ...both('push-mono'), limit: hashWriteLimit, target: pushTarget('push-mono') },
     { figure: `Push ${label} chunked (${sizeLabel(opts.chunkBytes)} PATCH)`, unit: 'MB/s', ...both('push-chunked'), limit: hashWriteLimit, target: pushTarget('push-chunked') },
     { figure: `Pull ${label}, client verifies SHA-256`, unit: 'MB/s', ...both('pull'), limit: m('limit/http-pull'), target: atLeast('pull', 1.2) },
     { figure: `Push ${sizeLabel(opts.smallBytes)} blobs, ${opts.smallClients} clients`, unit: 'blobs/s', ...both('small'), target: atLeast('small', 1.5) },
-    { figure: `Manifest GET by tag, ${opts.connections} conns (wrk)`, unit: 'req/s', ...both('get-rps'), limit: m('limit/get-rps'), target: atLeast('get-rps', 5) },
-    { figure: 'Manifest GET by tag, p99', unit: 'ms', ...both('get-p99'), limit: m('limit/get-p99'), digits: 2, target: atMost('get-p99', 0.2) },
-    {
-      figure: `Manifest GET by tag with a valid token (wharf)`,
-      unit: 'req/s',
-      wharf: m('get-rps/wharf-token'),
-      noRatio: true,
-      target: {
-        text: `${(m('get-rps/wharf-token') / m('get-rps/wharf')).toFixed(2)}x of open wharf, >= 0.75x`,
-        met: m('get-rps/wharf-token') >= 0.75 * m('get-rps/wharf'),
-      },
-    },
+    ...getRows,
     { figure: `Manifest HEAD by tag, ${opts.connections} conns (ab)`, unit: 'req/s', ...both('head-rps'), limit: m('limit/head-rps'), target: atLeast('head-rps', 5) },
     { figure: 'Manifest HEAD by tag, p99', unit: 'ms', ...both('head-p99'), limit: m('limit/head-p99'), digits: 2, target: atMost('head-p99', 0.2) },
   ];
@@ -503,6 +580,7 @@ async function compare(opts: Options, workDir: string): Promise<number> {
   const servers = {} as Record<ServerKind, RunningServer>;
   let trivial: TrivialServer | undefined;
   let tokenWharf: TokenWharf | undefined;
+  let metricsWharf: MetricsWharf | undefined;
   const ctx: Partial<Context> = { opts, workDir, blob, small, servers, samples: new Samples(), usage: new Map(), garbage: new Garbage() };
   try {
     for (const kind of KINDS) {
@@ -530,6 +608,9 @@ async function compare(opts: Options, workDir: string): Promise<number> {
     tokenWharf = await startTokenWharf(workDir, servers.wharf.dataDir, { log: { mode: opts.logMode }, wharfEntry: opts.wharfEntry, wharfEnv: opts.wharfEnv });
     ctx.tokenWharf = tokenWharf;
     await checkManifest(tokenWharf.server.base, 'bench/app', 'latest', image!, tokenWharf.authorization);
+    metricsWharf = await startMetricsWharf(workDir, servers.wharf.dataDir, { log: { mode: opts.logMode }, wharfEntry: opts.wharfEntry, wharfEnv: opts.wharfEnv });
+    ctx.metricsWharf = metricsWharf;
+    say(`${stamp()} wharf variants: ${tokenWharf.server.label} on ${tokenWharf.server.base}, ${metricsWharf.server.label} on ${metricsWharf.server.base} (metrics ${metricsWharf.metricsUrl})`);
     const full = ctx as Context;
     say(`${stamp()} warming up (not recorded)...`);
     await warmUp(full);
@@ -549,12 +630,18 @@ async function compare(opts: Options, workDir: string): Promise<number> {
     agent.destroy();
     await trivial?.stop();
     await tokenWharf?.server.stop();
+    await metricsWharf?.server.stop();
     for (const server of Object.values(servers)) await server.stop();
   }
 }
 
 const fmtMedian = (ctx: Context, key: string): string => ctx.samples.median(key).toFixed(2);
 const fmtMax = (ctx: Context, key: string): string => ctx.samples.max(key).toFixed(2);
+
+const ratios = (ctx: Context, variant: string): string => {
+  const list = ctx.samples.get(`get-ratio/${variant}`);
+  return `${list.map((r) => r.toFixed(2)).join(' ')} (median ${median(list).toFixed(2)})`;
+};
 
 function printReport(ctx: Context, summary: Summary, elapsed: number): void {
   const { opts, blob } = ctx;
@@ -573,6 +660,8 @@ function printReport(ctx: Context, summary: Summary, elapsed: number): void {
     renderFigures(summary.rows),
     '',
     renderLimits(summary.limits),
+    '',
+    `per-round ratios to the plain wharf of the same round: wharf+token ${ratios(ctx, 'wharf-token')}; wharf+metrics ${ratios(ctx, 'wharf-metrics')}`,
     '',
   ];
   process.stdout.write(lines.join('\n'));
@@ -593,4 +682,6 @@ async function main(): Promise<number> {
   );
 }
 
-runMain(main, say);
+// `npm run bench -- --s3 [options]` (or `npm run bench --s3`): the S3 bench, bench/s3.ts, instead.
+if (process.argv.includes('--s3') || process.env.npm_config_s3 === 'true') await import('./s3.js');
+else runMain(main, say);

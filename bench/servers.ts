@@ -110,6 +110,22 @@ export async function startServer(kind: ServerKind, options: ServerOptions): Pro
   });
 }
 
+/**
+ * Another wharf on the bench wharf's data (`dataDir`), in <workDir>/<name>: the variants the
+ * manifest GET figures compare with the plain wharf (token auth, metrics). Started exactly as
+ * the plain wharf is (command, node flags, log settings, environment), plus `env`.
+ */
+export async function startWharfVariant(name: string, dataDir: string, options: ServerOptions, env: Record<string, string>): Promise<RunningServer> {
+  const workDir = join(options.workDir, name);
+  await mkdir(workDir, { recursive: true });
+  return startServer('wharf', {
+    ...options,
+    workDir,
+    label: options.label ?? `wharf+${name}`,
+    wharfEnv: { ...options.wharfEnv, REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: dataDir, ...env },
+  });
+}
+
 /** Distribution's config.yml settings beyond the storage root and port. */
 export interface DistributionSettings {
   log: LogSettings;

@@ -5,7 +5,7 @@
 import { writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
-import { freePort, startServer, type RunningServer, type ServerOptions } from './servers.js';
+import { freePort, startWharfVariant, type RunningServer, type ServerOptions } from './servers.js';
 
 export interface TokenWharf {
   server: RunningServer;
@@ -20,23 +20,14 @@ export async function startTokenWharf(workDir: string, dataDir: string, options:
   await writeFile(htpasswd, `bench:${bcrypt.hashSync('bench-pw', 5)}\n`);
   const port = await freePort();
   const realm = `http://127.0.0.1:${port}/auth/token`;
-  const server = await startServer('wharf', {
-    ...options,
-    workDir: dir,
-    label: 'wharf+token',
-    port,
-    authenticated: true,
-    wharfEnv: {
-      ...options.wharfEnv,
-      REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: dataDir,
-      REGISTRY_AUTH_TOKEN: JSON.stringify({ realm, service: 'bench', issuer: 'bench' }),
-      REGISTRY_AUTH_TOKENSERVER: JSON.stringify({
-        htpasswd,
-        keydir: join(dir, 'keys'),
-        expiration: '1h',
-        rules: [{ account: 'bench', repositories: ['**'], actions: ['pull'] }],
-      }),
-    },
+  const server = await startWharfVariant('token', dataDir, { ...options, workDir, label: 'wharf+token', port, authenticated: true }, {
+    REGISTRY_AUTH_TOKEN: JSON.stringify({ realm, service: 'bench', issuer: 'bench' }),
+    REGISTRY_AUTH_TOKENSERVER: JSON.stringify({
+      htpasswd,
+      keydir: join(dir, 'keys'),
+      expiration: '1h',
+      rules: [{ account: 'bench', repositories: ['**'], actions: ['pull'] }],
+    }),
   });
   const res = await fetch(`${realm}?service=bench&scope=repository:bench/app:pull`, {
     headers: { Authorization: `Basic ${Buffer.from('bench:bench-pw').toString('base64')}` },
