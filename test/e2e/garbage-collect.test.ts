@@ -17,6 +17,7 @@ import { MT, ociArtifact, schema1Manifest } from '../support/images.js';
 import { describeFailure, removeTree, run, tempDir, type RunResult } from '../support/processes.js';
 import { startServer } from '../support/server.js';
 import { all, requireTool } from '../support/tools.js';
+import { treeListing } from '../support/file-tree.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'wharf.js');
@@ -56,25 +57,6 @@ async function snapshot(root: string): Promise<{ blobs: Set<string>; links: Set<
   };
   await walk(join(root, V2));
   return { blobs, links, referrers };
-}
-
-/** Every file below root (path, size, mtime): to prove a dry run changed nothing. */
-async function listing(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string): Promise<void> => {
-    for (const e of await readdir(dir, { withFileTypes: true })) {
-      const path = join(dir, e.name);
-      if (e.isDirectory()) {
-        out.push(`${relative(root, path)}/`);
-        await walk(path);
-      } else {
-        const st = await stat(path);
-        out.push(`${relative(root, path)} ${st.size} ${st.mtimeMs}`);
-      }
-    }
-  };
-  await walk(root);
-  return out.sort();
 }
 
 const setDiff = (a: Set<string>, b: Set<string>): string[] => [...a].filter((x) => !b.has(x)).sort();
@@ -244,10 +226,10 @@ describe.skipIf(!available)('wharf garbage-collect, compared with Distribution 2
     const [mine, theirs, dry] = [await copyOf('plain-wharf'), await copyOf('plain-dist'), await copyOf('plain-dry')];
     await new Promise((r) => setTimeout(r, 1100)); // the upload session is older than the 1s purging age
 
-    const before = await listing(dry);
+    const before = await treeListing(dry);
     const dryRun = await wharfGc(await configFor(dry), ['--dry-run']);
     expect(dryRun.code, describeFailure(dryRun)).toBe(0);
-    expect(await listing(dry)).toEqual(before);
+    expect(await treeListing(dry)).toEqual(before);
 
     const gc = await wharfGc(await configFor(mine), []);
     expect(gc.code, describeFailure(gc)).toBe(0);
@@ -282,10 +264,10 @@ describe.skipIf(!available)('wharf garbage-collect, compared with Distribution 2
   it('--delete-untagged: as Distribution, except that the children of a tagged index stay', async () => {
     const [mine, theirs, dry] = [await copyOf('untagged-wharf'), await copyOf('untagged-dist'), await copyOf('untagged-dry')];
 
-    const before = await listing(dry);
+    const before = await treeListing(dry);
     const dryRun = await wharfGc(await configFor(dry), ['--dry-run', '--delete-untagged']);
     expect(dryRun.code, describeFailure(dryRun)).toBe(0);
-    expect(await listing(dry)).toEqual(before);
+    expect(await treeListing(dry)).toEqual(before);
 
     const gc = await wharfGc(await configFor(mine), ['--delete-untagged']);
     expect(gc.code, describeFailure(gc)).toBe(0);

