@@ -195,12 +195,13 @@ export class ManifestStore {
     const missing: string[] = [];
     const present = async (link: string, d: Digest): Promise<boolean> =>
       Boolean(await this.links.read(link, { fresh: true })) && (await this.blobs.stored(d)) !== undefined;
-    await Promise.all([
-      ...manifest.blobs.map(async (d) => {
+    // An index may list one child for several platforms: each is checked once.
+    const children = new Map(manifest.children.map((child) => parseDigest(child.digest)).map((d) => [d.value, d]));
+    await runAtMost(REFERENCE_CHECKS_AT_ONCE, [
+      ...manifest.blobs.map((d) => async () => {
         if (!(await this.claimLayer(repo, d))) missing.push(d.value);
       }),
-      ...manifest.children.map(async (child) => {
-        const d = parseDigest(child.digest);
+      ...[...children.values()].map((d) => async () => {
         if (!(await present(revisionLink(repo, d), d))) missing.push(d.value);
       }),
     ]);
@@ -210,6 +211,30 @@ export class ManifestStore {
       });
     }
   }
+}
+
+/**
+ * Reference checks of one manifest PUT running at once. Each is a few storage round trips; a
+ * manifest with thousands of layers checked all at once filled the S3 client's sockets
+ * (~6000 requests queued for 20 s) and stalled every other request behind them.
+ */
+export const REFERENCE_CHECKS_AT_ONCE = 16;
+
+/** Runs `tasks`, at most `limit` at a time; after a failure, starts no more and rejects with it. */
+async function runAtMost(limit: number, tasks: Array<() => Promise<void>>): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && next < tasks.length) {
+      try {
+        await tasks[next++]!();
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
 }
 
 const unknownManifest = (reference: string): RegistryError =>

@@ -33,7 +33,7 @@ export interface Descriptor {
 export interface ParsedManifest {
   kind: ManifestKind;
   mediaType: string;
-  /** Blobs that must exist in the repository: config and layers (foreign layers excluded). */
+  /** Blobs that must exist in the repository, each once: config and layers (foreign layers excluded). */
   blobs: Digest[];
   /** Manifests that must exist in the repository: the children of an index. */
   children: Descriptor[];
@@ -87,11 +87,17 @@ export function parseManifest(body: Uint8Array, contentType?: string): ParsedMan
     const config = descriptor(m.config, 'config');
     if (!Array.isArray(m.layers)) throw invalid('layers must be an array');
     const layers = m.layers.map((l, i) => descriptor(l, `layers[${i}]`));
-    const blobs = [config, ...layers.filter((l) => l.mediaType !== MediaType.DockerForeignLayer || !l.urls?.length)];
+    // Each blob once: a manifest may list the same layer many times, and every entry would
+    // cost the reference check storage round trips.
+    const blobs = new Map<string, Digest>();
+    for (const d of [config, ...layers.filter((l) => l.mediaType !== MediaType.DockerForeignLayer || !l.urls?.length)]) {
+      const digest = parseDigest(d.digest);
+      blobs.set(digest.value, digest);
+    }
     return {
       kind: 'image',
       mediaType,
-      blobs: blobs.map((d) => parseDigest(d.digest)),
+      blobs: [...blobs.values()],
       children: [],
       subject,
       artifactType: artifactType ?? config.mediaType,

@@ -19,6 +19,11 @@ describe('parseManifest', () => {
     expect(m.subject?.digest).toBe(digest('c'));
     expect(m.artifactType).toBe('application/vnd.oci.image.config.v1+json');
   });
+  it('lists each referenced blob once, however often the manifest names it', () => {
+    const layer = (c: string) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: digest(c), size: 3 });
+    const m = parseManifest(bytes(image({ layers: [layer('b'), layer('a'), layer('b'), ...Array.from({ length: 2000 }, () => layer('c'))] })));
+    expect(m.blobs.map((b) => b.value)).toEqual([digest('a'), digest('b'), digest('c')]);
+  });
   it('reads an index and its children', () => {
     const m = parseManifest(bytes({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [{ mediaType: MediaType.OciManifest, digest: digest('d'), size: 5 }] }));
     expect(m.kind).toBe('index');
