@@ -65,7 +65,10 @@ export const isRefillable = (stream: Readable): stream is RefillableStream =>
 /**
  * A file being written. Exactly one of commit() or cancel() must be called, also after
  * an error (callers use try/finally). Until commit() resolves, the written bytes are not
- * guaranteed to be readable.
+ * guaranteed to be readable. When the caller's source fails and the stream is destroyed (a
+ * client gone mid-upload), commit() still keeps a prefix of the bytes written, as many as
+ * the driver had taken in (the file's size says how many), so that an upload can resume;
+ * it rejects only for a failure of the storage itself.
  */
 export interface FileWriter {
   /** The stream to write into; honours backpressure. */

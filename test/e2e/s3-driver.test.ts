@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PathNotFoundError, StorageUnavailableError } from '../../storage/driver.js';
+import { PathNotFoundError, StorageUnavailableError, type FileWriter } from '../../storage/driver.js';
 import { copyRanges, S3Driver, type S3DriverOptions } from '../../storage/s3-driver.js';
 import { contentOf, describeStorageDriver, readAll, writeThrough } from '../support/driver-conformance.js';
 import { freePort } from '../support/processes.js';
@@ -207,6 +207,50 @@ describe.skipIf(!ok)('S3Driver specifics', () => {
       noBucket.destroy();
       down.destroy();
       badKey.destroy();
+    }
+  });
+
+  it('a writer whose source fails keeps every byte it accepted, as one object (a client gone mid-PATCH)', async () => {
+    const driver = driverFor(s, { chunksize: 5 * MiB });
+    const write = (w: FileWriter, data: Buffer): Promise<void> =>
+      new Promise((resolve, reject) => w.stream.write(data, (err?: Error | null) => (err ? reject(err) : resolve())));
+    // What pipeline() does to the writer when the request body fails (its listener takes the 'error').
+    const hangUp = (w: FileWriter): void => {
+      w.stream.on('error', () => undefined);
+      w.stream.destroy(Object.assign(new Error('the client closed the connection'), { code: 'ECONNRESET' }));
+    };
+    try {
+      // Below one part: the bytes are held in the part buffer until commit.
+      await driver.putContent('/cut/small', Buffer.from('earlier chunk;'));
+      const small = await driver.writer('/cut/small', true);
+      await write(small, contentOf(300_000, 40));
+      hangUp(small);
+      await small.commit();
+      expect(Buffer.compare(await driver.getContent('/cut/small'), Buffer.concat([Buffer.from('earlier chunk;'), contentOf(300_000, 40)]))).toBe(0);
+      // Past a part: two parts went out while the rest was buffered.
+      const big = await driver.writer('/cut/big', false);
+      const bytes = contentOf(12 * MiB, 41);
+      for (let i = 0; i < 12; i++) await write(big, bytes.subarray(i * MiB, (i + 1) * MiB));
+      hangUp(big);
+      await big.commit();
+      expect((await driver.stat('/cut/big')).size).toBe(12 * MiB);
+      expect(sha(await readAll(await driver.reader('/cut/big')))).toBe(sha(bytes));
+    } finally {
+      driver.destroy();
+    }
+  }, 120_000);
+
+  it("a writer whose own part fails to upload still fails its commit with StorageUnavailableError", async () => {
+    const port = await freePort();
+    const down = driverFor(s, { regionendpoint: `http://127.0.0.1:${port}`, maxattempts: 1 });
+    try {
+      const w = await down.writer('/cut/down', false);
+      const failed = new Promise<Error>((resolve) => w.stream.once('error', resolve));
+      w.stream.write(Buffer.alloc(6 * MiB)); // a full part: CreateMultipartUpload, refused
+      expect(await failed).toBeInstanceOf(StorageUnavailableError);
+      await expect(w.commit()).rejects.toBeInstanceOf(StorageUnavailableError);
+    } finally {
+      down.destroy();
     }
   });
 

@@ -280,6 +280,24 @@ export function describeStorageDriver(name: string, makeDriver: () => Promise<Dr
         await expectNotFound(d.stat(`${dir}/c2`));
       }, large);
 
+      it("commit after the caller's source failed (the stream destroyed) keeps a prefix of the bytes and resolves", async () => {
+        const dir = fresh();
+        const before = Buffer.from('committed by an earlier chunk;');
+        await d.putContent(`${dir}/session`, before);
+        const w = await d.writer(`${dir}/session`, true);
+        const bytes = patternBytes(600_000, 31);
+        await new Promise<void>((resolve, reject) => w.stream.write(bytes, (err) => (err ? reject(err) : resolve())));
+        // What pipeline() does to the writer when the request body fails: a client that hung up.
+        w.stream.on('error', () => undefined);
+        w.stream.destroy(Object.assign(new Error('the client closed the connection'), { code: 'ECONNRESET' }));
+        await w.commit();
+        const kept = await d.getContent(`${dir}/session`);
+        const whole = Buffer.concat([before, bytes]);
+        expect(kept.length).toBeGreaterThanOrEqual(before.length);
+        expect(Buffer.compare(kept, whole.subarray(0, kept.length)), 'a prefix of what was written').toBe(0);
+        expect((await d.stat(`${dir}/session`)).size).toBe(kept.length);
+      });
+
       it('commit and cancel are each final: a second call does nothing', async () => {
         const dir = fresh();
         const w = await d.writer(`${dir}/once`, false);

@@ -17,6 +17,7 @@ export interface WharfProcess {
   port: number;
   /** http://127.0.0.1:PORT */
   base: string;
+  /** The filesystem storage root ('' when `storageEnv` chose other storage). */
   root: string;
   child: ChildProcess;
   /** Everything the child wrote to stdout and stderr so far (the last `outputLimit` bytes). */
@@ -32,7 +33,13 @@ export interface WharfProcess {
 }
 
 export interface SpawnOptions {
-  root: string;
+  /** The filesystem storage root (REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY); unused with `storageEnv`. */
+  root?: string;
+  /**
+   * Variables that select the storage instead of `root` (FaultStorage.env: s3Env() for a
+   * bucket); the filesystem root variable is then not set.
+   */
+  storageEnv?: Record<string, string>;
   /** Extra REGISTRY_* variables. */
   env?: Record<string, string>;
   /** A config.yml passed as `serve <file>`. */
@@ -61,7 +68,7 @@ export async function spawnWharf(options: SpawnOptions): Promise<WharfProcess> {
     TMPDIR: process.env.TMPDIR,
     NODE_ENV: 'production',
     REGISTRY_HTTP_ADDR: `127.0.0.1:${port}`,
-    REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: options.root,
+    ...(options.storageEnv ?? { REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY: options.root }),
     REGISTRY_STORAGE_DELETE_ENABLED: 'true',
     REGISTRY_LOG_LEVEL: options.logLevel ?? 'warn',
     REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_ENABLED: 'false',
@@ -90,7 +97,7 @@ export async function spawnWharf(options: SpawnOptions): Promise<WharfProcess> {
     pid: child.pid!,
     port,
     base,
-    root: options.root,
+    root: options.root ?? '',
     child,
     output: () => output,
     alive,
