@@ -197,7 +197,17 @@ export class S3Driver implements StorageDriver {
     });
     this.readClient = new S3Client({
       ...common,
-      requestHandler: new UndiciHandler(new UndiciAgent({ connections: maxSockets, connect: { timeout: 10_000, rejectUnauthorized: !options.skipverify } })),
+      // Idle limits, as on the write client: the storage silent for this long while a read waits
+      // for a head or body bytes. undici does not count time a paused body (a slow client's
+      // pull holding back) spends waiting, so a slow pull is never cut.
+      requestHandler: new UndiciHandler(
+        new UndiciAgent({
+          connections: maxSockets,
+          headersTimeout: options.idletimeout ?? 60_000,
+          bodyTimeout: options.idletimeout ?? 60_000,
+          connect: { timeout: 10_000, rejectUnauthorized: !options.skipverify },
+        }),
+      ),
     });
     // DeleteObjects needs a body checksum; older S3-compatible servers only know Content-MD5.
     this.client.middlewareStack.add(
@@ -670,13 +680,18 @@ class UndiciHandler {
     const query = request.query ? buildQueryString(request.query) : '';
     const host = request.hostname.includes(':') && !request.hostname.startsWith('[') ? `[${request.hostname}]` : request.hostname;
     const url = `${request.protocol}//${host}${request.port ? `:${request.port}` : ''}${request.path}${query ? `?${query}` : ''}`;
-    const res = await undiciRequest(url, {
-      method: request.method as 'GET',
-      headers: request.headers,
-      body: request.body as Buffer | undefined,
-      dispatcher: this.dispatcher,
-      signal: options.abortSignal as AbortSignal | undefined,
-    });
+    let res: Awaited<ReturnType<typeof undiciRequest>>;
+    try {
+      res = await undiciRequest(url, {
+        method: request.method as 'GET',
+        headers: request.headers,
+        body: request.body as Buffer | undefined,
+        dispatcher: this.dispatcher,
+        signal: options.abortSignal as AbortSignal | undefined,
+      });
+    } catch (err) {
+      throw transientTransportError(err);
+    }
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(res.headers)) {
       if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(',') : value;
@@ -693,6 +708,22 @@ class UndiciHandler {
   destroy(): void {
     void this.dispatcher.destroy().catch(() => undefined);
   }
+}
+
+/**
+ * undici's connection and timeout errors, named as the SDK's retry strategy knows transient
+ * ones (it retries TimeoutError and ECONNRESET-like codes, not undici's UND_ERR_* codes), so a
+ * read retries exactly as a request on the node:http client would.
+ */
+function transientTransportError(err: unknown): unknown {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+    return Object.assign(new Error(`S3 read: ${(err as Error).message}`, { cause: err }), { name: 'TimeoutError', code: 'ETIMEDOUT' });
+  }
+  if (code === 'UND_ERR_SOCKET' || code === 'UND_ERR_CLOSED') {
+    return Object.assign(new Error(`S3 read: ${(err as Error).message}`, { cause: err }), { code: 'ECONNRESET' });
+  }
+  return err;
 }
 
 /** The SDK's query string (@smithy's buildQueryString): what it signed, byte for byte. */

@@ -77,6 +77,8 @@ describe('requests to a server that stops answering', () => {
       ['stat', () => driver.stat('/a/b')],
       ['getContent', () => driver.getContent('/a/b')],
       ['putContent', () => driver.putContent('/a/b', Buffer.from('x'))],
+      // Blob reads go through their own (undici) transport, with the same idle limit and retries.
+      ['reader', () => driver.reader('/a/b')],
     ] as const) {
       const started = Date.now();
       const err = await call().then(() => undefined, (e: unknown) => e);
