@@ -1,4 +1,4 @@
-// The Koa application: (metrics) -> request id + access log -> errors -> common headers -> /v2 routes.
+// The Koa application: request id + access log + metrics -> body draining -> errors -> common headers -> /v2 routes.
 // Routes are registered once; each handler parses the request, asks the repository,
 // and writes the response.
 import Koa from 'koa';
@@ -33,14 +33,14 @@ export function createApp(services: AppServices): Koa {
   if (services.tokenServer) tokenRoutes(router, services.tokenServer);
 
   const extraHeaders = Object.entries(config.http.headers);
-  // First, so that it times and counts everything, body draining and errors included.
-  if (services.metrics) app.use(services.metrics.middleware());
+  // First, so that the access line and the metrics time and count everything, body draining
+  // and errors included.
+  installRequestLogging(app, services.logger, !config.log.accesslog.disabled, services.metrics);
   app.use(discardUnreadBody);
-  installRequestLogging(app, services.logger, !config.log.accesslog.disabled);
-  app.use(async (ctx, next) => {
+  app.use((ctx, next) => {
     ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
     for (const [name, values] of extraHeaders) ctx.set(name, values);
-    await next();
+    return next();
   });
   app.use(errorMiddleware);
   if (config.storage.maintenance.readonly.enabled) {

@@ -9,7 +9,8 @@
 // few array and Map updates. Labels are a fixed small set: the route is one of ROUTES,
 // never the path; methods outside METHODS count as `other`.
 import type { IncomingMessage } from 'node:http';
-import type { Context, Middleware, Next } from 'koa';
+import type { Context } from 'koa';
+import type { RequestObserver } from './logger.js';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AccessDecision } from '../auth/access.js';
 import { PathNotFoundError, StorageUnavailableError } from '../storage/driver.js';
@@ -181,7 +182,7 @@ export interface MetricsOptions {
 const BODY_BYTES = Symbol('wharf body bytes');
 type CountedRequest = IncomingMessage & { [BODY_BYTES]?: number };
 
-export class Metrics {
+export class Metrics implements RequestObserver {
   readonly registry = new Registry();
   private readonly prefix: string;
   private readonly slots: Slot[] = [];
@@ -328,37 +329,19 @@ export class Metrics {
     else this.auth[3]!++;
   }
 
-  /**
-   * Koa middleware, first in the chain: counts every request on the registry address. It reads
-   * the request and response objects themselves (ctx.req, ctx.request, ctx.response), not
-   * through the context's generic delegating getters.
-   */
-  middleware(): Middleware {
-    return async (ctx: Context, next: Next): Promise<void> => {
-      // performance.now(): a double; hrtime.bigint() allocates a BigInt per call.
-      const started = performance.now();
-      const req = ctx.req as CountedRequest;
-      const headers = req.headers;
-      const declared = headers['content-length'];
-      if ((declared !== undefined && declared !== '0') || headers['transfer-encoding'] !== undefined) countBody(req);
-      try {
-        await next();
-      } catch (err) {
-        this.record(ctx, started, 500);
-        throw err;
-      }
-      const body: unknown = ctx.response.body;
-      if (body !== null && typeof body === 'object' && typeof (body as { pipe?: unknown }).pipe === 'function' && ctx.respond !== false) {
-        // Koa pipes this body after the middleware: count the request once it is over.
-        ctx.res.once('close', () => this.record(ctx, started, ctx.res.statusCode));
-      } else {
-        this.record(ctx, started, ctx.res.statusCode);
-      }
-    };
+  /** Starts counting a request's body bytes (RequestObserver, server/logger.ts). */
+  begin(req: IncomingMessage): void {
+    const headers = req.headers;
+    const declared = headers['content-length'];
+    if ((declared !== undefined && declared !== '0') || headers['transfer-encoding'] !== undefined) countBody(req);
   }
 
-  private record(ctx: Context, started: number, status: number): void {
-    const seconds = (performance.now() - started) / 1000;
+  /**
+   * Counts one finished request (RequestObserver). Reads the request and response objects
+   * themselves (ctx.req, ctx.request, ctx.res), not the context's generic delegating getters.
+   */
+  end(ctx: Context, ms: number, status: number): void {
+    const seconds = ms / 1000;
     const req = ctx.req as CountedRequest;
     const method = req.method ?? '';
     const route = routeIndex(ctx.request.path, this.prefix);

@@ -1,6 +1,8 @@
 // The debug address: Prometheus metrics (scraped over HTTP, counters checked by label and
 // amount), /debug/health, /healthz and /readyz, with storage made to fail and recover.
 import { execFileSync } from 'node:child_process';
+import { connect } from 'node:net';
+import { Writable } from 'node:stream';
 import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,6 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../server/config.js';
 import { startRegistryServer, type RunningServer } from '../../server/listen.js';
 import { Metrics, routeName } from '../../server/metrics.js';
+import { createLogger } from '../../server/logger.js';
+import type { Logger } from 'pino';
 import { StorageHealth } from '../../server/health.js';
 import { PathNotFoundError, StorageUnavailableError, type FileInfo, type StorageDriver } from '../../storage/driver.js';
 import { randomBlob, RegistryClient, sha256 } from '../support/client.js';
@@ -26,7 +30,7 @@ interface Started {
   root: string;
 }
 
-async function start(env: Record<string, string> = {}): Promise<Started> {
+async function start(env: Record<string, string> = {}, logger?: Logger): Promise<Started> {
   const dir = await mkdtemp(join(tmpdir(), 'wharf-metrics-'));
   const root = join(dir, 'data');
   cleanups.push(() => rm(dir, { recursive: true, force: true }));
@@ -41,7 +45,7 @@ async function start(env: Record<string, string> = {}): Promise<Started> {
       ...env,
     },
   });
-  const running = await startRegistryServer(config);
+  const running = await startRegistryServer(config, logger);
   cleanups.push(() => running.close(500));
   return { running, url: `http://127.0.0.1:${running.port}`, debug: `http://127.0.0.1:${running.debugPort}`, root };
 }
@@ -393,6 +397,60 @@ describe('StorageHealth', () => {
     await hung.check();
     expect(hung.healthy).toBe(false);
     expect(hung.status()).toEqual({ storagedriver_fake: 'storage did not answer within 50 ms' });
+  });
+});
+
+describe('the access line and the request metrics', () => {
+  const lines: Record<string, unknown>[] = [];
+  let s: Started;
+  beforeAll(async () => {
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString('utf8').split('\n')) if (line) lines.push(JSON.parse(line) as Record<string, unknown>);
+        done();
+      },
+    });
+    s = await start({ REGISTRY_LOG_LEVEL: 'info' }, createLogger('info', {}, sink));
+  });
+  const requestLines = (): Record<string, unknown>[] => lines.filter((l) => l.msg === 'request');
+
+  it('logs one line per request with the client\'s request id, status and bytes, and counts it once', async () => {
+    const before = await scrape(s.debug);
+    const res = await fetch(`${s.url}/v2/`, { headers: { 'X-Request-Id': 'trace-4711' } });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('X-Request-Id')).toBe('trace-4711');
+    await res.text();
+    const missing = await fetch(`${s.url}/v2/no/such/manifests/latest`);
+    expect(missing.status).toBe(404);
+    await missing.text();
+    await expect.poll(() => requestLines().filter((l) => l.reqId === 'trace-4711').length).toBe(1);
+    const line = requestLines().find((l) => l.reqId === 'trace-4711')!;
+    expect(line).toMatchObject({ method: 'GET', path: '/v2/', status: 200, bytesOut: 2, aborted: false });
+    expect(line.ms).toBeGreaterThan(0);
+    await expect.poll(() => requestLines().filter((l) => l.path === '/v2/no/such/manifests/latest' && l.status === 404).length).toBe(1);
+    const after = await scrape(s.debug);
+    expect(delta(before, after, 'wharf_http_requests_total', { route: routeName('/v2/'), method: 'GET', status: '200' })).toBe(1);
+    expect(delta(before, after, 'wharf_http_requests_total', { route: 'manifest', method: 'GET', status: '404' })).toBe(1);
+  });
+
+  it('a client that leaves before the answer is logged and counted as 499, never as the status nobody received', async () => {
+    const client = new RegistryClient(s.url);
+    const upload = await client.startUpload('metrics/left');
+    const before = await scrape(s.debug);
+    // A PATCH that declares 1 MiB, sends 1 KiB and hangs up: wharf is still reading the body.
+    const path = new URL(upload, s.url).pathname + new URL(upload, s.url).search;
+    await new Promise<void>((resolve, reject) => {
+      const socket = connect(Number(new URL(s.url).port), '127.0.0.1', () => {
+        socket.write(`PATCH ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1048576\r\n\r\n`);
+        socket.write(Buffer.alloc(1024, 7), () => setTimeout(() => (socket.destroy(), resolve()), 100));
+      });
+      socket.on('error', reject);
+    });
+    await expect.poll(() => requestLines().filter((l) => l.method === 'PATCH' && l.status === 499).length).toBe(1);
+    expect(requestLines().find((l) => l.method === 'PATCH')).toMatchObject({ aborted: true, status: 499 });
+    const after = await scrape(s.debug);
+    expect(delta(before, after, 'wharf_http_requests_total', { route: 'upload', method: 'PATCH', status: '499' })).toBe(1);
+    expect(total(after, 'wharf_http_requests_total', { method: 'PATCH' }) - total(before, 'wharf_http_requests_total', { method: 'PATCH' })).toBe(1);
   });
 });
 
