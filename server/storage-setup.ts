@@ -6,6 +6,12 @@ import type { Logger } from 'pino';
 import type { StorageDriver } from '../storage/driver.js';
 import { FilesystemDriver } from '../storage/filesystem-driver.js';
 import { ObservedDriver, type DriverObserver } from '../storage/observed-driver.js';
+// Imported eagerly on purpose, although a filesystem registry never uses it (~33 MB of RSS at
+// start). Loaded only for storage: s3, a filesystem wharf that had taken pushes grew by ~90 MB
+// during manifest GET load and answered 25-40 % fewer requests than a fresh one (npm run bench,
+// full mode: peak RSS 204-214 MB against 131-136 MB; preloading the SDK alone restored both).
+// The cause (perhaps how V8 sizes a smaller heap) is not found yet.
+import { S3Driver } from '../storage/s3-driver.js';
 import { ConfigError } from './config-keys.js';
 import type { StorageDriverConfig } from './config-storage.js';
 
@@ -17,8 +23,6 @@ const FACTORIES: { [D in StorageDriverConfig['driver']]: Factory<D> } = {
     return new FilesystemDriver({ rootDirectory: filesystem.rootdirectory, fsync: filesystem.fsync });
   },
   s3: async ({ s3 }) => {
-    // Loaded only when configured: the AWS SDK adds ~33 MB of RSS a filesystem registry never uses.
-    const { S3Driver } = await import('../storage/s3-driver.js');
     try {
       return new S3Driver(s3);
     } catch (err) {
