@@ -14,6 +14,7 @@ import { mkdir } from 'node:fs/promises';
 import { Agent as HttpAgent } from 'node:http';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import {
   CopyObjectCommand,
   DeleteObjectsCommand,
@@ -296,6 +297,11 @@ export class StorageClient {
     if (received !== variant.size) throw new BenchError(`GetObject ${key}: received ${received} bytes, expected ${variant.size}`);
     const digest = `sha256:${hash.digest('hex')}`;
     if (digest !== variant.digest) throw new BenchError(`GetObject ${key}: content hashes to ${digest}, expected ${variant.digest}`);
+  }
+
+  /** A presigned GET URL of `key`, what a registry's redirect hands its clients. */
+  presignedGet(key: string): Promise<string> {
+    return getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.rgw.bucket, Key: key }), { expiresIn: 600 });
   }
 
   /** Deletes the blobs' data objects of a registry (behind its back: the digests never come back). */
