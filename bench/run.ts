@@ -276,12 +276,23 @@ async function writeLimits(ctx: Context, round: number, tag: string): Promise<vo
 /** A server of the manifest GET figure: the two registries and wharf's variants. */
 interface GetContestant {
   /** Sample key: get-rps/<key>. */
-  key: 'wharf' | 'distribution' | 'wharf-token' | 'wharf-metrics';
+  key: 'wharf' | 'distribution' | 'wharf-token' | 'wharf-metrics' | 'wharf-twin';
   server: RunningServer;
   headers: Record<string, string>;
   /** Phase name for the usage figures. */
   phase: string;
   figure: string;
+}
+
+/** wharf (twin): the base of the variants' paired slices, and the A/A control (not in the 6 s phases). */
+function twinContestant(ctx: Context): GetContestant {
+  return { key: 'wharf-twin', server: ctx.twinWharf, headers: { Accept: OCI_MANIFEST }, phase: 'get-twin', figure: 'manifest GET by tag, A/A control' };
+}
+
+/** wrk's manifest GET load on one contestant, with its headers. */
+function manifestLoad(ctx: Context, c: GetContestant, seconds: number): Promise<LoadResult> {
+  const { opts } = ctx;
+  return wrk({ url: `${c.server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: seconds, headers: c.headers });
 }
 
 function getContestants(ctx: Context): GetContestant[] {
@@ -308,9 +319,7 @@ async function manifestGetRound(ctx: Context, round: number, tag: string): Promi
   for (const c of contestants) {
     await checkManifest(c.server.base, 'bench/app', 'latest', ctx.image, c.headers.Authorization);
     const countedBefore = c.key === 'wharf-metrics' ? await manifestGets(ctx.metricsWharf.metricsUrl) : 0;
-    const { value, usage } = await phase(ctx, c.server, c.phase, () =>
-      wrk({ url: `${c.server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.loadSeconds, headers: c.headers }),
-    );
+    const { value, usage } = await phase(ctx, c.server, c.phase, () => manifestLoad(ctx, c, opts.loadSeconds));
     if (c.key === 'wharf-metrics') {
       // The figure counts only if the metrics were really collected: every request wrk saw answered is counted.
       const counted = (await manifestGets(ctx.metricsWharf.metricsUrl)) - countedBefore;
@@ -328,14 +337,14 @@ async function manifestGetRound(ctx: Context, round: number, tag: string): Promi
   // control: in a quick run all three later processes answered ~9 % fewer requests than the
   // plain wharf that took the pushes, the twin included.
   const plain = contestants.find((c) => c.key === 'wharf')!;
-  const twin: GetContestant = { key: 'wharf', server: ctx.twinWharf, headers: plain.headers, phase: 'get-twin', figure: 'manifest GET by tag, A/A control' };
-  const pairs: [GetContestant, GetContestant, string][] = [
-    ...contestants.filter((c) => c.key === 'wharf-token' || c.key === 'wharf-metrics').map((c): [GetContestant, GetContestant, string] => [twin, c, c.key]),
-    [plain, twin, 'wharf-twin'],
+  const twin = twinContestant(ctx);
+  const pairs: [GetContestant, GetContestant][] = [
+    ...contestants.filter((c) => c.key === 'wharf-token' || c.key === 'wharf-metrics').map((c): [GetContestant, GetContestant] => [twin, c]),
+    [plain, twin],
   ];
-  for (const [base, variant, key] of round % 2 === 0 ? pairs : pairs.reverse()) {
+  for (const [base, variant] of round % 2 === 0 ? pairs : pairs.reverse()) {
     const ratio = await pairedSlices(ctx, base, variant, round);
-    samples.add(`get-paired/${key}`, ratio);
+    samples.add(`get-paired/${variant.key}`, ratio);
     note(tag, `${variant.figure}, paired slices`, variant.server.label, `${ratio.toFixed(3)}x of ${base.server.label} (${PAIRED_SLICES} x 1 s each, ABBA)`);
   }
 }
@@ -350,26 +359,25 @@ const PAIRED_SLICES = 8;
  * ABBA ABBA..., so both see the same drift, linear drift cancels, and the ratio is of their
  * summed requests per second.
  */
-async function pairedSlices(ctx: Context, plain: GetContestant, variant: GetContestant, round: number): Promise<number> {
-  const { opts } = ctx;
+async function pairedSlices(ctx: Context, base: GetContestant, variant: GetContestant, round: number): Promise<number> {
   const totals = new Map<GetContestant, { requests: number; seconds: number }>([
-    [plain, { requests: 0, seconds: 0 }],
+    [base, { requests: 0, seconds: 0 }],
     [variant, { requests: 0, seconds: 0 }],
   ]);
   // Not recorded: a server idle since its last pair has just collected its heap (server/listen.ts
   // collects when a burst ends) and answers its first second slower; both start warm.
-  for (const c of [plain, variant]) await wrk({ url: `${c.server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: 1, headers: c.headers });
+  for (const c of [base, variant]) await manifestLoad(ctx, c, 1);
   for (let i = 0; i < PAIRED_SLICES; i++) {
-    const order = i % 2 === round % 2 ? [plain, variant] : [variant, plain];
+    const order = i % 2 === round % 2 ? [base, variant] : [variant, base];
     for (const c of order) {
-      const r = await wrk({ url: `${c.server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: 1, headers: c.headers });
+      const r = await manifestLoad(ctx, c, 1);
       const t = totals.get(c)!;
       t.requests += r.requests;
       t.seconds += r.seconds;
     }
   }
   const rate = (c: GetContestant): number => totals.get(c)!.requests / totals.get(c)!.seconds;
-  return rate(variant) / rate(plain);
+  return rate(variant) / rate(base);
 }
 
 async function runRound(ctx: Context, round: number): Promise<void> {
@@ -509,12 +517,10 @@ async function warmUp(ctx: Context): Promise<void> {
     if (!opts.quick && !opts.onlyGet) await loadFigure(ctx, 'head', server.base, MANIFEST_PATH, 1);
     server.truncateLog();
   }
-  for (const c of getContestants(ctx).filter((c) => c.key === 'wharf-token' || c.key === 'wharf-metrics')) {
-    await wrk({ url: `${c.server.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.quick ? 1 : 3, headers: c.headers });
+  for (const c of [...getContestants(ctx).filter((c) => c.key === 'wharf-token' || c.key === 'wharf-metrics'), twinContestant(ctx)]) {
+    await manifestLoad(ctx, c, opts.quick ? 1 : 3);
     c.server.truncateLog();
   }
-  await wrk({ url: `${ctx.twinWharf.base}${MANIFEST_PATH}`, threads: opts.wrkThreads, connections: opts.connections, durationSeconds: opts.quick ? 1 : 3, headers: { Accept: OCI_MANIFEST } });
-  ctx.twinWharf.truncateLog();
   await loadFigure(ctx, 'get', trivial.base, '/json', 1);
   // The warm-up's blobs go with round 1's garbage: deleting them now would make round 1 wait for a cool-down.
 }
